@@ -1,0 +1,1 @@
+"""Model zoo (CIFAR ResNet/MobileNet, torchvision, user factories) and checkpoint import."""
