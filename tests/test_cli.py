@@ -1,0 +1,77 @@
+"""The `workbench` command as a user runs it: real subprocesses, real files."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from core.measure import count_flops, count_params
+from core.models.checkpoint import load_model
+
+
+def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    first = result.stderr.strip().splitlines()[0]
+    assert first.startswith("error: ")
+    for word in words:
+        assert word in result.stderr
+
+
+def test_inspect_demo_json(tmp_path):
+    out = tmp_path / "stats.json"
+    result = run("inspect", "--model", "demo", "--data", "demo", "--json", str(out), "--no-latency")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    model = load_model("demo").model
+    assert doc["params"] == count_params(model)
+    assert doc["flops"] == count_flops(model, (1, 8, 8))
+    assert [layer["name"] for layer in doc["layers"]] == [n for n, m in model.named_modules()
+                                                          if isinstance(m, __import__("torch").nn.Conv2d)]
+    assert doc["layers"][0]["shape"] == [16, 1, 3, 3]
+    assert 0.9 < doc["accuracy"] <= 1.0
+    assert set(doc["t_range"]) == {"P1", "P2", "P3"}
+    # the rich table names every layer and the totals line gives the exact parameter count
+    assert "layer3.2.conv2" in result.stdout and f"params {doc['params']:,}" in result.stdout
+
+
+def test_inspect_reference_checkpoint(tmp_path, seeds):
+    out = tmp_path / "norm.json"
+    result = run("inspect", "--checkpoint", str(seeds / "res56_norm.pth.tar"), "--json", str(out), "--no-latency")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["params"] == 665_470
+    assert len(doc["layers"]) == 55
+    assert doc["layers"][1]["shape"] == [12, 16, 3, 3]  # first block pruned to cfg[0] = 12
+    assert doc["latency_ms"] is None and doc["accuracy"] is None
+
+
+@pytest.mark.parametrize("args, words", [
+    (("inspect", "--checkpoint", "nope.pth"), ("nope.pth", "does not exist")),
+    (("inspect", "--model", "resnet57"), ("unknown model 'resnet57'",)),
+    (("inspect", "--model", "resnet20", "--input-size", "3x32"), ("--input-size",)),
+    (("inspect", "--model", "demo", "--data", "/no/such/dir"), ("/no/such/dir",)),
+    (("inspect",), ("--model",)),
+])
+def test_bad_input_is_one_line(args, words):
+    assert_one_line_error(run(*args), *words)
+
+
+def test_pickled_model_needs_opt_in(seeds):
+    assert_one_line_error(run("inspect", "--checkpoint", str(seeds / "res56_norm_cp3_model.pth.tar")),
+                          "--allow-pickle")
+
+
+def test_failed_inspect_leaves_existing_json_alone(tmp_path):
+    out = tmp_path / "stats.json"
+    out.write_text('{"kept": true}')
+    assert_one_line_error(run("inspect", "--model", "demo", "--data", str(tmp_path / "missing"), "--json", str(out)))
+    assert json.loads(out.read_text()) == {"kept": True}

@@ -1,0 +1,103 @@
+"""The `workbench` command: `inspect` prints statistics, `open` starts the TUI; no command
+opens the TUI on the embedded demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from core.errors import WorkbenchError
+
+cli = typer.Typer(
+    add_completion=False,
+    invoke_without_command=True,
+    no_args_is_help=False,
+    help="HOS Workbench: compress CNNs with higher-order statistics. With no command, opens the demo.",
+)
+
+MODEL_HELP = ("resnet20/32/44/56/110, mobilenet_v1_cifar, mobilenet_v2_cifar, a torchvision classifier "
+              "(resnet50, mobilenet_v2, vgg16_bn, ...), demo, or package.module:factory; "
+              "optional when the checkpoint tells")
+DATA_HELP = ("demo, or a directory: CIFAR-10/100 python batches, Fashion-MNIST idx files, ImageFolder "
+             "(train/ and test/); prefix cifar10:, cifar100:, fashion-mnist:, imagefolder: to force a format")
+
+
+def _target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size):
+    from core.overview import Target, parse_input_size
+
+    if checkpoint is not None and not checkpoint.exists():
+        raise WorkbenchError(f"checkpoint {checkpoint} does not exist")
+    if model is None and checkpoint is None:
+        raise WorkbenchError("say what to open: --model NAME and/or --checkpoint FILE (or run `workbench` for the demo)")
+    return Target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data,
+                  parse_input_size(input_size) if input_size else None)
+
+
+@cli.callback()
+def default(ctx: typer.Context) -> None:
+    """Open the workbench on the embedded demo when no command is given."""
+    if ctx.invoked_subcommand is None:
+        from core.overview import Target
+        from workbench.app import Workbench
+
+        Workbench(Target.demo()).run()
+
+
+@cli.command()
+def inspect(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="weights: .pth/.pth.tar/.pt (zip or legacy), .safetensors"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="classes (default: from the checkpoint)"),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", min=1, help="input channels (default: from the checkpoint)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name, read from torch's hub cache only"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="read whole pickled models with the inert reader (no code is run)"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="CxHxW for FLOPs and latency (default: from the model family)"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the statistics as JSON to this file"),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="measure CPU latency (batch 1, median of 30)"),
+) -> None:
+    """Print every conv layer's weight statistics and the model's totals."""
+    from workbench.inspect_view import run_inspect
+
+    run_inspect(_target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size),
+                json_out, latency)
+
+
+@cli.command("open")
+def open_(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="weights file"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1),
+    in_channels: Optional[int] = typer.Option(None, "--in-channels", min=1),
+    weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name, from torch's hub cache only"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="read whole pickled models with the inert reader"),
+    data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
+    input_size: Optional[str] = typer.Option(None, "--input-size", help="CxHxW (default: from the model family)"),
+) -> None:
+    """Open the terminal workbench on a model."""
+    from workbench.app import Workbench
+
+    target = _target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size)
+    from core.overview import open_target
+
+    opened = open_target(target)  # fail here, before the screen takes over the terminal
+    Workbench(target, opened=opened).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one `error:` line and exit 2, never a traceback."""
+    try:
+        cli(args=argv, standalone_mode=True)
+    except WorkbenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Number formatting shared by the CLI tables and the TUI."""
+
+from __future__ import annotations
+
+import math
+
+
+def num(x: float | None, digits: int = 4) -> str:
+    """Compact number: 4 significant digits, scientific when very small/large, '-' for missing/NaN."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    if isinstance(x, float) and math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return "0"
+    if 1e-3 <= abs(x) < 1e5:
+        return f"{x:.{digits}g}"
+    return f"{x:.{max(digits - 2, 1)}e}"
+
+
+def count(n: int | None) -> str:
+    """Human count: 853,018 -> '853.0K', 8.2e9 -> '8.18G'."""
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.{3 if unit == 'G' else 1 if unit == 'K' else 2}f}{unit}"
+    return str(n)
+
+
+def shape(s) -> str:
+    return "x".join(str(int(d)) for d in s)
+
+
+def percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"

@@ -1,0 +1,39 @@
+"""What every workbench screen shares: a header, a footer, a progress line while the
+app is still opening the model, and `sync()` to show the app's overview once it exists."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, Static
+
+
+class WorkbenchScreen(Screen):
+    """Base screen. Subclasses define `body()` (their widgets) and `show_overview(overview)`."""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Vertical(id="loading"):
+            yield Static("opening…", id="loading-what")
+            yield ProgressBar(id="loading-bar", show_eta=False)
+        yield from self.body()
+        yield Footer()
+
+    def on_screen_resume(self) -> None:
+        self.sync()
+
+    def sync(self) -> None:
+        """Bring the screen up to the app's state (overview ready, failed, or still loading)."""
+        app = self.app
+        if app.overview is not None and getattr(self, "_shown", None) is not app.overview:
+            self._shown = app.overview
+            self.query_one("#loading").display = False
+            self.show_overview(app.overview)
+        elif app.error is not None:
+            self.query_one("#loading-what", Static).update(f"[b red]cannot open:[/] {app.error}")
+            self.query_one("#loading-bar").display = False
+
+    def show_progress(self, done: int, total: int, what: str) -> None:
+        self.query_one("#loading-what", Static).update(f"computing {what} ({done}/{total})")
+        self.query_one("#loading-bar", ProgressBar).update(total=total, progress=done)

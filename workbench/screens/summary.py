@@ -1,0 +1,43 @@
+"""The model summary screen: what was opened, what it costs, how accurate it is."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.widgets import Static
+
+from core.overview import Overview
+from workbench.format import count, num, percent
+from workbench.screens.base import WorkbenchScreen
+
+
+def summary_text(ov: Overview) -> str:
+    loaded, costs, data = ov.opened.loaded, ov.costs, ov.opened.data
+    arch = loaded.arch
+    lines = [
+        f"[b]model[/]      {arch.model}  ({arch.num_classes} classes, {arch.in_channels} input channels)",
+        f"[b]weights[/]    {loaded.source}",
+        f"[b]input[/]      {'x'.join(map(str, ov.opened.input_shape))}",
+        f"[b]params[/]     {costs.params:,} ({count(costs.params)})",
+        f"[b]FLOPs[/]      {costs.flops:,} ({count(costs.flops)}) per image",
+        f"[b]latency[/]    " + (f"{num(costs.latency.median_ms)} ms median of {costs.latency.repeats}, batch 1, "
+                                f"{costs.latency.device}" if costs.latency else "not measured"),
+        f"[b]data[/]       " + (f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
+                                f"{data.num_classes} classes" if data else "none (pass --data for accuracy)"),
+        f"[b]accuracy[/]   {percent(ov.accuracy)} (test)",
+        f"[b]conv layers[/] {len(ov.stats.layers)}",
+    ]
+    if arch.cfg:
+        lines.append(f"[b]widths[/]     {arch.cfg}")
+    lines.append("[b]T range[/]    " + "   ".join(f"{k} [{num(a)}, {num(b)}]" for k, (a, b) in ov.stats.t_range.items()))
+    lines += [f"[yellow]note:[/] {note}" for note in loaded.notes]
+    return "\n".join(lines)
+
+
+class SummaryScreen(WorkbenchScreen):
+    def body(self) -> ComposeResult:
+        with VerticalScroll(id="summary-scroll"):
+            yield Static(id="summary")
+
+    def show_overview(self, overview: Overview) -> None:
+        self.query_one("#summary", Static).update(summary_text(overview))

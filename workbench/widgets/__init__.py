@@ -1,0 +1,1 @@
+"""Reusable widgets: the ASCII histogram and the layer statistics table."""
