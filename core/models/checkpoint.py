@@ -1,0 +1,486 @@
+"""Read checkpoints (ours and the reference scripts'), build the model they fit, save models.
+
+Formats read: safetensors (ours carry the `Arch` as JSON in the metadata key
+`workbench_arch`); torch files (zip or legacy, CUDA-saved or not) holding a state dict, a
+wrapper such as `{'state_dict': ...}` or the reference `{'cfg': [...], 'state_dict': ...}`;
+and, only on request, files that pickle whole model objects. Those are read by an inert
+unpickler that knows torch's tensor-rebuild functions and a few containers and turns every
+other class into a `Placeholder` that only stores data, so no code named by the file runs.
+
+Decomposed convs are recognised by their keys `<path>.<name>-0/-1/-2.weight` (Tucker-2 or
+CP3, see METHOD.md) and rebuilt as `nn.Sequential` from the tensor shapes.
+"""
+
+from __future__ import annotations
+
+import _compat_pickle
+import json
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from core import demo
+from core.errors import WorkbenchError
+from core.models import zoo
+from core.models.cifar_mobilenet import v1_cfg_from_state_dict, v2_cfg_from_state_dict
+from core.models.cifar_resnet import cfg_from_state_dict, depth_from_state_dict
+from core.models.zoo import Arch
+
+ARCH_KEY = "workbench_arch"
+FORMATS = {
+    "state_dict": "state dict",
+    "wrapped": "wrapped state dict",
+    "reference-pruned": "reference pruned cfg+state_dict",
+    "safetensors": "safetensors",
+    "reference-pickle": "pickled model object, read inertly",
+}
+KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3"}
+MAX_DETAIL_LINES = 20
+_DECOMPOSED_KEY = re.compile(r"^((?:.+\.)?([^.]+))\.\2-0\.weight$")
+
+
+@dataclass
+class Checkpoint:
+    """The tensors of a checkpoint file and what the file says about its model."""
+
+    state_dict: dict[str, torch.Tensor]
+    format: str
+    cfg: list[int] | None = None
+    arch: Arch | None = None
+    decomposed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Loaded:
+    """A model with its weights, its rebuildable description and how it was obtained."""
+
+    model: nn.Module
+    arch: Arch
+    source: str
+    notes: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- inert reader
+
+
+class Placeholder:
+    """Stands in for any class a pickle names: accepts any arguments, keeps them, runs nothing."""
+
+    qualname = "?"
+    dump_patches = False  # torch's legacy loader reads this on module classes
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _tensor(storage, offset, size, stride, *_ignored):
+    if not isinstance(storage, torch.storage.TypedStorage):
+        raise pickle.UnpicklingError("tensor data is not a torch storage")
+    return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
+
+
+def _parameter(data, *_ignored):
+    return data  # requires_grad, hooks and extra state are dropped: only the values matter
+
+
+_ALLOWED = {
+    ("collections", "OrderedDict"): OrderedDict,
+    ("builtins", "set"): set,
+    ("builtins", "frozenset"): frozenset,
+    ("torch", "Size"): torch.Size,
+    ("torch._utils", "_rebuild_tensor"): _tensor,
+    ("torch._utils", "_rebuild_tensor_v2"): _tensor,
+    ("torch._utils", "_rebuild_parameter"): _parameter,
+    ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
+}
+
+
+class _InertUnpickler(pickle.Unpickler):
+    """Resolves only `_ALLOWED` names and torch dtypes; anything else becomes a Placeholder.
+
+    torch.load wraps this class and resolves storage types (`torch.FloatStorage`, ...)
+    itself before calling `find_class`.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.placeholders: dict[str, type] = {}
+
+    def find_class(self, module, name):
+        # protocol-2 pickles name Python 2 modules (`__builtin__.set`); map them as pickle does
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        allowed = _ALLOWED.get((module, name))
+        if allowed is not None:
+            return allowed
+        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
+            return vars(torch)[name]
+        qualname = f"{module}.{name}"
+        if qualname not in self.placeholders:
+            self.placeholders[qualname] = type(name, (Placeholder,), {"qualname": qualname})
+        return self.placeholders[qualname]
+
+
+class _InertPickle:
+    """The `pickle_module` handed to torch.load for inert reads."""
+
+    Unpickler = _InertUnpickler
+
+    @staticmethod
+    def load(file, **kwargs):
+        return _InertUnpickler(file, **kwargs).load()
+
+
+def inert_load(path: Path) -> object:
+    """Unpickle a torch file without running any code it names (classes become Placeholders)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickle)
+
+
+def _module_tensors(obj: Placeholder, prefix: str = "", seen: set | None = None):
+    """(name, tensor) of a pickled nn.Module's parameters and persistent buffers, as state_dict."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen or not isinstance(obj.state, dict):
+        return
+    seen.add(id(obj))
+    state = obj.state
+    skip = state.get("_non_persistent_buffers_set")
+    skip = skip if isinstance(skip, (set, frozenset)) else set()
+    for group in ("_parameters", "_buffers"):
+        entries = state.get(group)
+        for name, value in (entries.items() if isinstance(entries, dict) else ()):
+            if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skip):
+                yield f"{prefix}{name}", value
+    children = state.get("_modules")
+    for name, child in (children.items() if isinstance(children, dict) else ()):
+        if isinstance(child, Placeholder):
+            yield from _module_tensors(child, f"{prefix}{name}.", seen)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
+    """The tensors of `path` (safetensors or torch file); pickled objects only with `allow_pickle`."""
+    path = Path(path)
+    if not path.is_file():
+        raise WorkbenchError(f"checkpoint {path} does not exist: check the path")
+    if path.stat().st_size == 0:
+        raise WorkbenchError(f"checkpoint {path} is empty (0 bytes): re-export or re-copy it")
+    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
+        return _read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        inert = False
+    except Exception as exc:  # torch raises many types for foreign or damaged files
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
+        if refused is None:
+            raise _unreadable(path, exc) from None
+        if not allow_pickle:
+            raise WorkbenchError(
+                f"{path} holds pickled Python objects ({refused.group(1)}), which safe loading refuses; "
+                "pass --allow-pickle to read its tensors with the inert reader (no code is run)"
+            ) from None
+        try:
+            obj = inert_load(path)
+        except Exception as exc2:
+            raise _unreadable(path, exc2) from None
+        inert = True
+    return _unwrap(obj, path, inert)
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> Checkpoint:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        arch = Arch.from_json(meta[ARCH_KEY]) if ARCH_KEY in meta else None
+    except (json.JSONDecodeError, TypeError) as exc:
+        raise WorkbenchError(f"{path} has unreadable '{ARCH_KEY}' metadata ({exc}); re-save it") from None
+    except Exception as exc:
+        raise _unreadable(path, exc) from None
+    return _checkpoint(tensors, "safetensors", arch.cfg if arch else None, arch)
+
+
+def _unreadable(path: Path, exc: Exception) -> WorkbenchError:
+    detail = (str(exc).strip().splitlines() or [""])[0][:200]
+    return WorkbenchError(
+        f"cannot read {path}: it is not a PyTorch or safetensors checkpoint, or it is damaged "
+        f"({type(exc).__name__}: {detail}); check the path or re-export the file"
+    )
+
+
+def _unwrap(obj: object, path: Path, inert: bool) -> Checkpoint:
+    """Find the tensors in a loaded object: a state dict, a wrapper dict or a pickled module."""
+    cfg, wrapped = None, False
+    for _ in range(3):
+        if not isinstance(obj, dict):
+            break
+        cfg = cfg if cfg is not None else obj.get("cfg")
+        keys = ("state_dict", "model", "net")
+        inner = next((obj[k] for k in keys if isinstance(obj.get(k), (dict, Placeholder))), None)
+        if inner is None:
+            break
+        obj, wrapped = inner, True
+    if isinstance(obj, Placeholder):
+        if cfg is None and isinstance(obj.state, dict):
+            cfg = obj.state.get("cfg")
+        tensors = dict(_module_tensors(obj))
+    elif isinstance(obj, dict):
+        tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    else:
+        tensors = {}
+    if not tensors:
+        raise WorkbenchError(f"{path} holds no model tensors ({type(obj).__name__}): pass a checkpoint with weights")
+    cfg = [int(c) for c in cfg] if isinstance(cfg, (list, tuple)) and all(isinstance(c, int) for c in cfg) else None
+    if inert:
+        fmt = "reference-pickle"
+    else:
+        fmt = ("reference-pruned" if cfg else "wrapped") if wrapped else "state_dict"
+    return _checkpoint(tensors, fmt, cfg, None)
+
+
+def _checkpoint(tensors: dict[str, torch.Tensor], fmt: str, cfg: list[int] | None, arch: Arch | None) -> Checkpoint:
+    if all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module."):]: v for k, v in tensors.items()}
+    return Checkpoint(tensors, fmt, cfg, arch, decomposed_convs(tensors))
+
+
+def decomposed_convs(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Module path -> "tucker2" | "cp3" for every `<path>.<name>-0.weight` key set."""
+    found = {}
+    for key, first in state_dict.items():
+        match = _DECOMPOSED_KEY.match(key)
+        if not match:
+            continue
+        path, name = match.groups()
+        core = state_dict.get(f"{path}.{name}-1.weight")
+        if core is None or f"{path}.{name}-2.weight" not in state_dict:
+            continue
+        depthwise = core.shape[1] == 1 and core.shape[0] == first.shape[0] != 1
+        found[path] = "cp3" if depthwise else "tucker2"
+    return found
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def load_model(
+    model: str | None = None,
+    checkpoint: str | Path | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    weights: str | None = None,
+    allow_pickle: bool = False,
+) -> Loaded:
+    """Build `model` (or the architecture the checkpoint implies) and load the checkpoint into it.
+
+    Checks every tensor's name and shape first and raises one WorkbenchError listing the
+    misfits. The model is returned in eval mode.
+    """
+    base = None
+    if model == zoo.DEMO:
+        base = demo.demo_arch()
+        model = base.model
+        checkpoint = checkpoint if checkpoint is not None or weights else _demo_weights()
+    if weights:
+        if checkpoint is not None or not model:
+            raise WorkbenchError("--weights needs --model and no --checkpoint (the weights file is the checkpoint)")
+        checkpoint = zoo.pretrained_file(model, weights)
+    ckpt = read_checkpoint(checkpoint, allow_pickle) if checkpoint is not None else None
+    sd = ckpt.state_dict if ckpt else {}
+    if ckpt and ckpt.arch and model in (None, ckpt.arch.model):
+        base = ckpt.arch
+    name = model or (base.model if base else None) or _cifar_family(sd)
+    if name is None:
+        what = f"the architecture of {checkpoint}" if checkpoint is not None else "which model to build"
+        raise WorkbenchError(f"cannot tell {what}: pass --model")
+
+    notes = []
+    classes = num_classes or (None if ":" in name else _num_classes(sd, notes)) or (base.num_classes if base else None)
+    channels = in_channels or _in_channels(sd) or (base.in_channels if base else 3)
+    cfg = None
+    if zoo.is_cifar_family(name):
+        cfg = (ckpt.cfg if ckpt else None) or (base.cfg if base else None)
+        if cfg is None and sd:
+            cfg = _cfg_from_shapes(name, sd)
+            if cfg:
+                notes.append("widths (cfg) read from the BN shapes")
+    extra = {k: v for k, v in (base.extra if base else {}).items() if k != "decomposed"}
+    arch = Arch(model=name, num_classes=classes, in_channels=channels, cfg=cfg, extra=extra)
+    try:
+        net = zoo.build(arch)
+    except ValueError as exc:
+        raise WorkbenchError(f"cannot build {name} for {checkpoint}: {exc}; pass the right --model") from None
+    if zoo.is_cifar_family(name):
+        arch.cfg = list(net.cfg)
+
+    if ckpt is None:
+        return Loaded(net.eval(), arch, f"{name} (freshly initialised, no checkpoint)", notes)
+    rebuilt = rebuild_decomposed(net, sd, ckpt.decomposed)
+    if rebuilt:
+        arch.extra["decomposed"] = rebuilt
+        for kind, label in KIND_NAMES.items():
+            count = sum(1 for k in rebuilt.values() if k == kind)
+            if count:
+                notes.append(f"{count} convs rebuilt as {label} sequences")
+    _check_fit(net, sd, Path(checkpoint).name, name)
+    net.load_state_dict(sd, strict=False)
+    if ckpt.format == "reference-pickle":
+        notes.append("read with the inert unpickler: no code from the file ran")
+    source = f"{Path(checkpoint).name} ({f'torchvision {weights} weights' if weights else FORMATS[ckpt.format]})"
+    return Loaded(net.eval(), arch, source, notes)
+
+
+def _demo_weights() -> Path:
+    if not demo.DEMO_WEIGHTS.is_file():
+        raise WorkbenchError(
+            f"the demo weights {demo.DEMO_WEIGHTS} are missing: reinstall the package or run scripts/train_demo.py"
+        )
+    return demo.DEMO_WEIGHTS
+
+
+def _cifar_family(sd: dict[str, torch.Tensor]) -> str | None:
+    depth = depth_from_state_dict(sd)
+    if depth:
+        return f"resnet{depth}"
+    if "linear.weight" not in sd:
+        return None
+    if any(k.startswith("layers.0.conv3.") for k in sd):
+        return "mobilenet_v2_cifar"
+    if any(k.startswith("layers.0.conv2.") for k in sd):
+        return "mobilenet_v1_cifar"
+    return None
+
+
+def _num_classes(sd: dict[str, torch.Tensor], notes: list[str]) -> int | None:
+    key = next((k for k in reversed(sd) if k.endswith("weight") and sd[k].dim() == 2), None)
+    if key is None:
+        return None
+    notes.append(f"{sd[key].shape[0]} classes read from {key}")
+    return int(sd[key].shape[0])
+
+
+def _in_channels(sd: dict[str, torch.Tensor]) -> int | None:
+    return next((int(v.shape[1]) for k, v in sd.items() if k.endswith("weight") and v.dim() == 4), None)
+
+
+def _cfg_from_shapes(name: str, sd: dict[str, torch.Tensor]) -> list[int] | None:
+    try:
+        if name == "mobilenet_v1_cifar":
+            return v1_cfg_from_state_dict(sd)
+        if name == "mobilenet_v2_cifar":
+            return v2_cfg_from_state_dict(sd)
+        return cfg_from_state_dict(sd, int(name[len("resnet"):]))
+    except KeyError:
+        return None  # not this family's keys: the fit check reports them
+
+
+def rebuild_decomposed(model: nn.Module, sd: dict[str, torch.Tensor], decomposed: dict[str, str]) -> dict[str, str]:
+    """Replace each listed conv by the Sequential its `-0/-1/-2` tensors describe.
+
+    Stride, padding, dilation and padding mode come from the original conv; channel counts
+    and ranks from the tensors. Convs whose tensors do not fit stay as they are (the fit
+    check then reports them). Returns the paths actually rebuilt.
+    """
+    done = {}
+    for path, kind in decomposed.items():
+        try:
+            conv = model.get_submodule(path)
+        except AttributeError:
+            continue
+        name = path.rsplit(".", 1)[-1]
+        w0, w1, w2 = (sd[f"{path}.{name}-{i}.weight"] for i in range(3))
+        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or w0.shape[1] != conv.in_channels \
+                or w2.shape[0] != conv.out_channels:
+            continue
+        groups = w1.shape[0] if kind == "cp3" else 1
+        seq = nn.Sequential(OrderedDict([
+            (f"{name}-0", nn.Conv2d(w0.shape[1], w0.shape[0], tuple(w0.shape[2:]), bias=f"{path}.{name}-0.bias" in sd)),
+            (f"{name}-1", nn.Conv2d(
+                w1.shape[1] * groups, w1.shape[0], tuple(w1.shape[2:]), conv.stride, conv.padding, conv.dilation,
+                groups, bias=f"{path}.{name}-1.bias" in sd, padding_mode=conv.padding_mode)),
+            (f"{name}-2", nn.Conv2d(w2.shape[1], w2.shape[0], tuple(w2.shape[2:]), bias=f"{path}.{name}-2.bias" in sd)),
+        ]))
+        parent = model.get_submodule(path.rpartition(".")[0])
+        setattr(parent, name, seq)
+        done[path] = kind
+    return done
+
+
+def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], file_name: str, model_name: str) -> None:
+    """Raise one WorkbenchError listing every missing, unexpected or other-shaped tensor."""
+    expected = model.state_dict()
+    optional = "num_batches_tracked"  # BN counters: older files lack them
+    missing = [f"  {k}: missing from the checkpoint" for k in expected if k not in sd and not k.endswith(optional)]
+    unexpected = [
+        f"  {k}: in the checkpoint, not in the model" for k in sd if k not in expected and not k.endswith(optional)
+    ]
+    shapes = [
+        f"  {k}: checkpoint {list(sd[k].shape)}, model {list(v.shape)}"
+        for k, v in expected.items() if k in sd and sd[k].shape != v.shape
+    ]
+    if not (missing or unexpected or shapes):
+        return
+    counts = [f"{len(x)} {label}" for x, label in
+              ((missing, "missing"), (unexpected, "unexpected"), (shapes, "with another shape")) if x]
+    lines = shapes + missing + unexpected
+    if len(lines) > MAX_DETAIL_LINES:
+        lines = lines[:MAX_DETAIL_LINES] + [f"  ... and {len(lines) - MAX_DETAIL_LINES} more"]
+    raise WorkbenchError(
+        f"checkpoint {file_name} does not fit model {model_name}: {', '.join(counts)}; "
+        "pass the right --model / --num-classes\n" + "\n".join(lines)
+    )
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def save_model(model: nn.Module, arch: Arch, path: str | Path) -> None:
+    """Write the weights as safetensors with `arch` in the metadata, atomically.
+
+    Decomposed convs found in the state dict are recorded in `arch.extra["decomposed"]`,
+    so `load_model(checkpoint=path)` rebuilds the model without --model.
+    """
+    path = Path(path)
+    tensors = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    decomposed = decomposed_convs(tensors)
+    if decomposed:
+        arch = replace(arch, extra={**arch.extra, "decomposed": decomposed})
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        save_file(tensors, tmp, metadata={ARCH_KEY: arch.to_json(), "format": "pt"})
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise WorkbenchError(f"cannot write {path}: {exc.strerror or exc}; check the folder and free space") from None
+    finally:
+        if tmp and os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,15 @@
+"""A user model factory for import-string tests (`tests.fixtures_models:tiny_net`)."""
+
+from torch import nn
+
+
+def tiny_net(num_classes: int = 10) -> nn.Module:
+    """Conv-BN-ReLU, global pool, linear: the smallest CNN a user might plug in."""
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, num_classes),
+    )
