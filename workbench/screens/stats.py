@@ -56,13 +56,13 @@ class StatsScreen(WorkbenchScreen):
         self.filter_text = ""
 
     def show_overview(self, overview: Overview) -> None:
-        self.layers = {layer.name: layer for layer in overview.stats.layers}
+        self.by_name = {layer.name: layer for layer in overview.stats.layers}
         self.fill_table()
 
     def fill_table(self) -> None:
         table = self.query_one("#layers", DataTable)
         table.clear()
-        for layer in self.layers.values():
+        for layer in self.by_name.values():
             if self.filter_text and self.filter_text not in layer.name:
                 continue
             cells = [layer.name, shape(layer.shape)] + [num(getattr(layer, attr)) for _, _, attr in COLUMNS[2:]]
@@ -75,13 +75,13 @@ class StatsScreen(WorkbenchScreen):
 
     def _sort(self, table: DataTable) -> None:
         attr = next(a for k, _, a in COLUMNS if k == self.sort_key)
-        table.sort("name", key=lambda name: sort_value(getattr(self.layers[name], attr)), reverse=self.sort_reverse)
+        table.sort("name", key=lambda name: sort_value(getattr(self.by_name[name], attr)), reverse=self.sort_reverse)
 
     def on_data_table_cell_highlighted(self, event: DataTable.CellHighlighted) -> None:
         self.show_layer(event.cell_key.row_key.value)
 
     def show_layer(self, name: str) -> None:
-        layer = self.layers[name]
+        layer = self.by_name[name]
         self.query_one("#layer-line", Static).update(
             f"[b]{name}[/] {shape(layer.shape)}  {layer.n_filters} filters × {layer.n_per_filter}  "
             f"W {num(layer.shapiro_w)} (p {num(layer.shapiro_p, 2)})  JB {num(layer.jb)} (p {num(layer.jb_p, 2)})"
