@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+
+import torch
 from textual import work
 from textual.app import App
 from textual.binding import Binding
@@ -33,6 +36,9 @@ class Workbench(App):
         self.error: str | None = None
 
     def on_mount(self) -> None:
+        # leave a core to the UI thread: torch's thread pool slows down many times over when
+        # another busy thread takes one of its cores
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - 1))
         self.push_screen("stats")
         self.load()
 

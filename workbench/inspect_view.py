@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 from rich import box
@@ -12,6 +9,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from core.atomic import write_json
 from core.overview import Target, gather, open_target, overview_json
 from workbench.format import count, num, percent, shape
 
@@ -54,17 +52,3 @@ def layer_table(stats, title: str, width: int) -> Table:
     for layer in stats.layers:
         table.add_row(layer.name, shape(layer.shape), *(num(getattr(layer, attr), 4 if attr == "shapiro_w" else 3) for _, attr in columns))
     return table
-
-
-def write_json(path: Path, document: dict) -> None:
-    """Atomic write: a temp file in the same directory, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(document, fh, indent=1, allow_nan=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import _compat_pickle
 import json
-import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
@@ -30,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from core import demo
+from core.atomic import atomic_path
 from core.errors import WorkbenchError
 from core.models import zoo
 from core.models.cifar_mobilenet import v1_cfg_from_state_dict, v2_cfg_from_state_dict
@@ -472,15 +471,5 @@ def save_model(model: nn.Module, arch: Arch, path: str | Path) -> None:
     decomposed = decomposed_convs(tensors)
     if decomposed:
         arch = replace(arch, extra={**arch.extra, "decomposed": decomposed})
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        save_file(tensors, tmp, metadata={ARCH_KEY: arch.to_json(), "format": "pt"})
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise WorkbenchError(f"cannot write {path}: {exc.strerror or exc}; check the folder and free space") from None
-    finally:
-        if tmp and os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={ARCH_KEY: arch.to_json(), "format": "pt"})

@@ -122,7 +122,7 @@ class StatsScreen(WorkbenchScreen):
         from pathlib import Path
 
         from core.overview import overview_json
-        from workbench.inspect_view import write_json
+        from core.atomic import write_json
 
         overview = self.app.overview
         if overview is None:

@@ -20,9 +20,9 @@ def summary_text(ov: Overview) -> str:
         f"[b]input[/]      {'x'.join(map(str, ov.opened.input_shape))}",
         f"[b]params[/]     {costs.params:,} ({count(costs.params)})",
         f"[b]FLOPs[/]      {costs.flops:,} ({count(costs.flops)}) per image",
-        f"[b]latency[/]    " + (f"{num(costs.latency.median_ms)} ms median of {costs.latency.repeats}, batch 1, "
+        "[b]latency[/]    " + (f"{num(costs.latency.median_ms)} ms median of {costs.latency.repeats}, batch 1, "
                                 f"{costs.latency.device}" if costs.latency else "not measured"),
-        f"[b]data[/]       " + (f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
+        "[b]data[/]       " + (f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
                                 f"{data.num_classes} classes" if data else "none (pass --data for accuracy)"),
         f"[b]accuracy[/]   {percent(ov.accuracy)} (test)",
         f"[b]conv layers[/] {len(ov.stats.layers)}",

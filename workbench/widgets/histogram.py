@@ -33,7 +33,7 @@ def render_histogram(counts: list[float], normal: list[float], width: int, heigh
         line = Text()
         for bar, fit in zip(bars, curve):
             fill = min(8, max(0, round((bar - lo) / cell * 8)))
-            if fit is not None and lo <= fit < lo + cell and fit >= cell / 2:
+            if fit is not None and lo < fit <= lo + cell and fit >= cell / 2:
                 line.append("•", style="bold red" if fill >= 4 else "red")
             else:
                 line.append(BLOCKS[fill], style="cyan")
