@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 from textual import work
@@ -10,8 +11,13 @@ from textual.app import App
 from textual.binding import Binding
 
 from core.errors import WorkbenchError
+from core.models.checkpoint import Loaded
 from core.overview import Opened, Overview, Target, gather, open_target
+from core.prune.plan import PrunePlan
+from core.prune.surgery import apply_pruning
+from core.session import PruneSection, Session, save_session
 from workbench.screens.base import WorkbenchScreen
+from workbench.screens.prune import PruneScreen
 from workbench.screens.stats import StatsScreen
 from workbench.screens.summary import SummaryScreen
 
@@ -21,18 +27,24 @@ class Workbench(App):
 
     TITLE = "HOS Workbench"
     CSS_PATH = "app.tcss"
-    SCREENS = {"stats": StatsScreen, "summary": SummaryScreen}
+    SCREENS = {"stats": StatsScreen, "summary": SummaryScreen, "prune": PruneScreen}
     BINDINGS = [
         Binding("w", "switch_screen('stats')", "Weights", id="screen.stats"),
+        Binding("p", "switch_screen('prune')", "Prune", id="screen.prune"),
         Binding("m", "switch_screen('summary')", "Model", id="screen.summary"),
         Binding("question_mark,f1", "show_help_panel", "Help", id="help"),
+        Binding("ctrl+s", "save_session", "Save", show=False, id="save"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
 
-    def __init__(self, target: Target, opened: Opened | None = None, latency: bool = True) -> None:
+    def __init__(self, target: Target, opened: Opened | None = None, latency: bool = True,
+                 prune: PruneSection | None = None, session_path: Path | None = None) -> None:
         super().__init__()
         self.target, self.opened, self.latency = target, opened, latency
-        self.overview: Overview | None = None
+        self.prune_settings = prune or PruneSection()
+        self.session_path = session_path or Path("session.toml")
+        self.base: Overview | None = None      # the model as opened
+        self.overview: Overview | None = None  # the model as it is now (after apply)
         self.error: str | None = None
 
     def on_mount(self) -> None:
@@ -60,10 +72,40 @@ class Workbench(App):
             self.screen.show_progress(done, total, what)
 
     def _loaded(self, overview: Overview) -> None:
+        self.base = self.base or overview
         self.overview = overview
         self.sub_title = overview.opened.loaded.source
         if isinstance(self.screen, WorkbenchScreen):
             self.screen.sync()
+
+    @work(thread=True, exclusive=True, group="load")
+    def apply_plan(self, plan: PrunePlan) -> None:
+        """Prune the opened model by `plan`, then show the pruned model on every screen."""
+        base = self.base.opened
+        self.call_from_thread(self._progress, 0, 1, "pruning")
+        try:
+            model, arch = apply_pruning(base.model, base.loaded.arch, plan.keep(), base.input_shape)
+        except WorkbenchError as exc:
+            self.call_from_thread(self.notify, str(exc), severity="error")
+            return
+        source = f"{base.loaded.source}, pruned {plan.settings.strategy}"
+        pruned = Opened(Loaded(model, arch, source, []), base.data, base.input_shape)
+        overview = gather(pruned, self.latency, lambda i, n, what: self.call_from_thread(self._progress, i, n, what))
+        ok = overview.costs.params == plan.params[1] and overview.costs.flops == plan.flops[1]
+        self.call_from_thread(self._loaded, overview)
+        self.call_from_thread(
+            self.notify, f"applied: {overview.costs.params:,} params, {overview.costs.flops:,} FLOPs measured"
+            + (" (as planned)" if ok else f" (plan said {plan.params[1]:,} / {plan.flops[1]:,})"),
+            severity="information" if ok else "warning")
+
+    def action_save_session(self) -> None:
+        """Write the session (model, data, pruning choices) to `session_path`."""
+        try:
+            save_session(Session.from_target(self.target, self.prune_settings), self.session_path)
+        except WorkbenchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"saved {self.session_path}")
 
     def _failed(self, message: str) -> None:
         self.error = message

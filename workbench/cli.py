@@ -87,6 +87,20 @@ def open_(
     Workbench(target, opened=opened).run()
 
 
+@cli.command()
+def replay(
+    session: Path = typer.Argument(..., help="session file (.toml)"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<session name>)"),
+    latency: bool = typer.Option(True, "--latency/--no-latency", help="measure CPU latency of every step"),
+) -> None:
+    """Run a session file headless: prune (and later decompose, fine-tune), measure, report."""
+    from workbench.replay_view import run_replay
+
+    if not session.is_file():
+        raise WorkbenchError(f"session file {session} does not exist")
+    run_replay(session, out or Path("runs") / session.stem, latency)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one `error:` line and exit 2, never a traceback."""
     try:

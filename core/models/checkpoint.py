@@ -336,6 +336,10 @@ def load_model(
         net = zoo.build(arch)
     except ValueError as exc:
         raise WorkbenchError(f"cannot build {name} for {checkpoint}: {exc}; pass the right --model") from None
+    if arch.extra.get("pruning_history"):
+        from core.prune.surgery import rebuild_structure  # lazy: core.prune imports this package
+
+        net = rebuild_structure(net, arch)
     if zoo.is_cifar_family(name):
         arch.cfg = list(net.cfg)
 

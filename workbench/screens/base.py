@@ -35,5 +35,6 @@ class WorkbenchScreen(Screen):
             self.query_one("#loading-bar").display = False
 
     def show_progress(self, done: int, total: int, what: str) -> None:
+        self.query_one("#loading").display = done < total
         self.query_one("#loading-what", Static).update(f"computing {what} ({done}/{total})")
         self.query_one("#loading-bar", ProgressBar).update(total=total, progress=done)

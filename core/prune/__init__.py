@@ -1,0 +1,1 @@
+"""Step 1 of the method: filter pruning (scores, strategies, plans, surgery)."""

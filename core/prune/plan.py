@@ -1,0 +1,148 @@
+"""A pruning plan: what each prunable layer keeps and what the network will cost, computed
+from the session's choices without touching the model. `surgery.apply_pruning` applies it."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from torch import nn
+
+from core.errors import WorkbenchError
+from core.models.zoo import Arch
+from core.prune.cost import CostModel
+from core.prune.groups import ChannelGroup, prunable_groups
+from core.prune.scores import filter_scores, keep_indices
+from core.prune.strategies import (
+    StagePlan, default_coef, global_threshold_keep, keep_count, p5_plan, prune_ratio, round_keep, stage_ratios,
+    strategy_t,
+)
+from core.session import PruneSection
+from core.stats import NetworkStats, network_stats
+
+T_ATTR = {"P1": "t_p1", "P2": "t_p2", "P3": "t_p3"}
+
+
+@dataclass
+class LayerPlan:
+    name: str
+    layer_id: int
+    channels: int
+    keep: int
+    ratio: float             # the prune ratio asked for (by the strategy or an override)
+    statistic: float | None  # the layer's T value for P1-P3, else None
+    source: str              # the strategy's name, "override" or "skip"
+    kept: list[int] = field(default_factory=list)
+
+    @property
+    def achieved(self) -> float:
+        """Fraction of filters actually removed (after flooring, clamping and rounding)."""
+        return 1 - self.keep / self.channels
+
+
+@dataclass
+class PrunePlan:
+    settings: PruneSection
+    layers: list[LayerPlan]
+    t_range: tuple[float, float] | None
+    coef: float | None
+    params: tuple[int, int]  # before, after
+    flops: tuple[int, int]
+
+    def keep(self) -> dict[str, list[int]]:
+        return {layer.name: layer.kept for layer in self.layers}
+
+
+class Planner:
+    """Plans for one model. Groups, costs, statistics and scores are computed once and
+    reused, so planning new settings is quick (the TUI re-plans on every edit)."""
+
+    def __init__(self, model: nn.Module, arch: Arch, input_shape: tuple[int, int, int],
+                 stats: NetworkStats | None = None, coupled: bool = False, ignore: Sequence[str] = ()):
+        self.model, self.arch, self.input_shape = model, arch, input_shape
+        self.groups: list[ChannelGroup] = prunable_groups(model, arch, input_shape, coupled, ignore)
+        if not self.groups:
+            raise WorkbenchError(f"{arch.model} has no prunable channel groups" + ("" if coupled else
+                                 "; set prune.coupled = true to include channels tied to residual additions"))
+        self.cost = CostModel(model, input_shape, self.groups)
+        self.baseline = self.cost.cost({})
+        self._stats = stats
+        self._modules = dict(model.named_modules())
+        self._scores: dict[tuple[str, int], dict] = {}
+
+    @property
+    def stats(self) -> NetworkStats:
+        if self._stats is None:
+            self._stats = network_stats(self.model)
+        return self._stats
+
+    def scores(self, metric: str, seed: int) -> dict:
+        """Filter scores of every group's root conv (seeded per layer for `random`), cached."""
+        if (metric, seed) not in self._scores:
+            self._scores[metric, seed] = {
+                g.name: filter_scores(self._modules[g.name].weight, metric, seed + g.layer_id) for g in self.groups}
+        return self._scores[metric, seed]
+
+    def t_defaults(self, strategy: str) -> tuple[float, float] | None:
+        """The network's [Tmin, Tmax] of a P1-P3 statistic over all its conv layers."""
+        return self.stats.t_range[strategy] if strategy in T_ATTR else None
+
+    def plan(self, s: PruneSection) -> PrunePlan:
+        names = [g.name for g in self.groups]
+        for name in s.layers:
+            if name not in names:
+                raise WorkbenchError(f"prune.layers: '{name}' is not a prunable layer of {self.arch.model} "
+                                     f"(prunable: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
+        ratios, stat, t_range, coef, counts = self._strategy(s)
+        skips = set(self._stage_plan(s).skip) if s.strategy == "P5" else set()
+        scores = self.scores(s.metric, s.seed)
+        layers = []
+        for g in self.groups:
+            choice = s.layers.get(g.name)
+            ratio, source = ratios.get(g.name, 0.0), "skip" if g.layer_id in skips else s.strategy
+            if choice is not None and choice.keep is not None:
+                if choice.keep > g.channels:
+                    raise WorkbenchError(f"prune.layers.{g.name}.keep: {choice.keep} is more than its "
+                                         f"{g.channels} channels")
+                keep, ratio, source = choice.keep, 1 - choice.keep / g.channels, "override"
+            elif choice is not None:
+                ratio, source = choice.ratio, "override"
+                keep = keep_count(g.channels, ratio, s.multiple_of)
+            elif g.name in counts:
+                keep = round_keep(counts[g.name], g.channels, s.multiple_of)
+                ratio = 1 - counts[g.name] / g.channels
+            else:
+                keep = keep_count(g.channels, ratio, s.multiple_of)
+            layers.append(LayerPlan(g.name, g.layer_id, g.channels, keep, ratio, stat.get(g.name), source,
+                                    keep_indices(scores[g.name], keep)))
+        params, flops = self.cost.cost({layer.name: layer.keep for layer in layers})
+        return PrunePlan(s, layers, t_range, coef, (self.baseline[0], params), (self.baseline[1], flops))
+
+    def _stage_plan(self, s: PruneSection) -> StagePlan:
+        if s.stage_ratios is not None:
+            return StagePlan(list(s.stage_bounds or []), list(s.stage_ratios), list(s.skip))
+        return p5_plan(self.arch.model, s.variant or "")
+
+    def _strategy(self, s: PruneSection):
+        """Per-layer ratios (P1-P3, P5) or keep counts (P4), T values, [Tmin, Tmax] and coef."""
+        ratios: dict[str, float] = {}
+        stat: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        t_range = coef = None
+        if s.strategy in T_ATTR:
+            default = self.t_defaults(s.strategy)
+            t_range = (s.tmin if s.tmin is not None else default[0], s.tmax if s.tmax is not None else default[1])
+            if not all(math.isfinite(t) for t in t_range) or t_range[1] <= t_range[0]:
+                raise WorkbenchError(f"prune: the network's {s.strategy} T range {t_range} is empty or undefined; "
+                                     "set prune.tmin and prune.tmax")
+            coef = s.coef if s.coef is not None else default_coef(self.arch.model)
+            by_name = {layer.name: layer for layer in self.stats.layers}
+            for g in self.groups:
+                stat[g.name] = getattr(by_name[g.name], T_ATTR[s.strategy])
+                ratios[g.name] = prune_ratio(strategy_t(s.strategy, stat[g.name]), *t_range, coef)
+        elif s.strategy == "P4":
+            counts = global_threshold_keep(self.scores(s.metric, s.seed), s.percent)
+        elif s.strategy == "P5":
+            ratios = stage_ratios({g.name: g.layer_id for g in self.groups}, self._stage_plan(s))
+        return ratios, stat, t_range, coef, counts

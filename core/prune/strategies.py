@@ -1,0 +1,128 @@
+"""How many filters each layer keeps (METHOD.md "Strategies P1-P5"), as pure functions of numbers.
+
+Layer ids count every conv of the network from 1 (the stem conv is 1); in a CIFAR ResNet the
+prunable convs (each block's conv1) have the even ids.
+"""
+
+from __future__ import annotations
+
+import bisect
+import copy
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from core.errors import WorkbenchError
+
+STRATEGIES = ("P1", "P2", "P3", "P4", "P5")
+DEFAULT_COEF = {"resnet": 3.7, "mobilenet_v1_cifar": 2.52, "mobilenet_v2_cifar": 2.4}
+T_FACTOR = {"P1": 1.0, "P2": 2.0, "P3": 1.0}
+
+
+def default_coef(model_name: str) -> float:
+    """The reference `coef` for a model: 2.52 / 2.4 for the CIFAR MobileNets v1 / v2, else 3.7."""
+    return DEFAULT_COEF.get(model_name, DEFAULT_COEF["resnet"])
+
+
+def prune_ratio(t: float, tmin: float, tmax: float, coef: float) -> float:
+    """Eq. 9, "T-value calculation": r = ceil(10 (T - Tmin) / (coef (Tmax - Tmin))) / 10,
+    clamped to [0, 1]; an undefined (NaN) T prunes nothing."""
+    if not (math.isfinite(tmin) and math.isfinite(tmax) and tmax > tmin):
+        raise WorkbenchError(f"T range [{tmin}, {tmax}] is empty or undefined: Tmax must be above Tmin")
+    if not (math.isfinite(coef) and coef > 0):
+        raise WorkbenchError(f"coef must be a positive number, got {coef}")
+    if math.isnan(t):
+        return 0.0
+    r = float(np.ceil(10 * (t - tmin) / (coef * (tmax - tmin))) / 10)
+    return 0.0 if r <= 0 else min(r, 1.0)
+
+
+def strategy_t(strategy: str, layer_t: float) -> float:
+    """The value entering eq. 9 for the layer's T (core.stats t_p1 / t_p2 / t_p3).
+
+    P1 and P3 use T itself. P2 uses 2T, as the reference does: its ratio is
+    r = ceil(10 (2T - 0.01) / (coef 0.72)) / 10 while [0.01, 0.73] is the range of T itself.
+    """
+    if strategy not in T_FACTOR:
+        raise WorkbenchError(f"strategy {strategy} has no layer statistic T: only {', '.join(T_FACTOR)} do")
+    return T_FACTOR[strategy] * layer_t
+
+
+def round_keep(keep: int, channels: int, multiple_of: int = 1) -> int:
+    """`keep` clamped to [1, channels], then rounded up to a multiple of `multiple_of` (at most channels)."""
+    if channels < 1 or multiple_of < 1:
+        raise WorkbenchError(f"need channels >= 1 and multiple_of >= 1, got {channels} and {multiple_of}")
+    keep = min(max(keep, 1), channels)
+    return min(-(-keep // multiple_of) * multiple_of, channels)
+
+
+def keep_count(channels: int, ratio: float, multiple_of: int = 1) -> int:
+    """Filters a layer keeps at prune ratio r: num_keep = int(channels (1 - r)) (floor), via round_keep."""
+    if not 0 <= ratio <= 1:
+        raise WorkbenchError(f"prune ratio must be between 0 and 1, got {ratio}")
+    return round_keep(int(channels * (1 - ratio)), channels, multiple_of)
+
+
+def global_threshold_keep(scores: dict[str, torch.Tensor], percent: float) -> dict[str, int]:
+    """P4 (global): all layers' filter scores sorted together ascending; threshold = the score at
+    index int(total * percent); each layer keeps its filters scoring strictly above it (at least 1)."""
+    if not 0 <= percent < 1:
+        raise WorkbenchError(f"P4 percent must be in [0, 1), got {percent}")
+    if not scores:
+        raise WorkbenchError("P4 needs the filter scores of at least one layer")
+    scores = {name: s.reshape(-1).to(torch.float64) for name, s in scores.items()}
+    ranked = torch.sort(torch.cat(list(scores.values()))).values
+    threshold = ranked[int(ranked.numel() * percent)]
+    return {name: max(int((s > threshold).sum()), 1) for name, s in scores.items()}
+
+
+@dataclass
+class StagePlan:
+    """P5 (fixed, after Li et al. "Pruning Filters for Efficient ConvNets"): `bounds` are the
+    inclusive upper layer id of each stage but the last, `ratios` one prune ratio per stage,
+    `skip` the layer ids never pruned."""
+
+    bounds: list[int]
+    ratios: list[float]
+    skip: list[int]
+
+    def __post_init__(self):
+        if len(self.ratios) != len(self.bounds) + 1:
+            raise WorkbenchError(f"P5 needs one ratio per stage: {len(self.bounds)} bounds give "
+                                 f"{len(self.bounds) + 1} stages, got {len(self.ratios)} ratios")
+        if any(a >= b for a, b in zip(self.bounds, self.bounds[1:])):
+            raise WorkbenchError(f"P5 stage bounds must increase, got {self.bounds}")
+        if not all(0 <= r <= 1 for r in self.ratios):
+            raise WorkbenchError(f"P5 stage ratios must be between 0 and 1, got {self.ratios}")
+
+
+P5_VARIANTS: dict[str, dict[str, StagePlan]] = {
+    "resnet56": {
+        "A": StagePlan([18, 36], [0.1, 0.1, 0.1], [16, 20, 38, 54]),
+        "B": StagePlan([18, 36], [0.6, 0.3, 0.1], [16, 18, 20, 34, 38, 54]),
+        "C": StagePlan([18, 36], [0.8, 0.5, 0.3], [16, 18, 20, 34, 38, 54]),
+    },
+    "resnet110": {
+        "A": StagePlan([36, 72], [0.5, 0.0, 0.0], [36]),
+        "B": StagePlan([36, 72], [0.5, 0.4, 0.3], [36, 38, 74]),
+    },
+}
+
+
+def stage_ratios(layer_ids: dict[str, int], plan: StagePlan) -> dict[str, float]:
+    """P5 prune ratio of each layer (name -> id): its stage's ratio, 0.0 for skipped ids."""
+    return {name: 0.0 if i in plan.skip else plan.ratios[bisect.bisect_left(plan.bounds, i)]
+            for name, i in layer_ids.items()}
+
+
+def p5_plan(model_name: str, variant: str) -> StagePlan:
+    """A copy of the reference P5 variant `variant` of `model_name`."""
+    variants = P5_VARIANTS.get(model_name)
+    if variants is None:
+        raise WorkbenchError(f"no predefined P5 variants for {model_name} (only {', '.join(P5_VARIANTS)}): "
+                             "give the stage bounds, ratios and skipped layer ids")
+    if variant not in variants:
+        raise WorkbenchError(f"unknown P5 variant '{variant}' for {model_name}: use one of {', '.join(variants)}")
+    return copy.deepcopy(variants[variant])
