@@ -14,6 +14,7 @@ Run: python bench/bench_prune.py [--quick]   (on an idle machine)
 from __future__ import annotations
 
 import argparse
+import warnings
 import copy
 import sys
 import time
@@ -113,5 +114,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="one strategy, fewer batch sizes")
     args = parser.parse_args()
+    warnings.simplefilter("ignore")  # scipy's "p-value may not be accurate" from the reference path
     plan_times(args.quick)
     latency(args.quick)

@@ -76,15 +76,24 @@ def open_(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="read whole pickled models with the inert reader"),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="CxHxW (default: from the model family)"),
+    session: Optional[Path] = typer.Option(None, "--session", "-s",
+                                           help="open what a session file names, with its choices; ctrl+s saves back to it"),
 ) -> None:
-    """Open the terminal workbench on a model."""
+    """Open the terminal workbench on a model (or on a session file)."""
+    from core.overview import open_target
+    from core.session import load_session
     from workbench.app import Workbench
 
-    target = _target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size)
-    from core.overview import open_target
-
+    prune = None
+    if session is not None:
+        if not session.is_file():
+            raise WorkbenchError(f"session file {session} does not exist")
+        loaded = load_session(session).resolved(session.resolve().parent)
+        target, prune = loaded.target(), loaded.prune
+    else:
+        target = _target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size)
     opened = open_target(target)  # fail here, before the screen takes over the terminal
-    Workbench(target, opened=opened).run()
+    Workbench(target, opened=opened, prune=prune, session_path=session).run()
 
 
 @cli.command()
