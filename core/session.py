@@ -97,21 +97,50 @@ class PruneSection(Section):
         return self
 
 
+class LayerRanks(Section):
+    """Explicit ranks of one layer: (r_out, r_in) for Tucker-2, rank for CP3 and SVD."""
+
+    r_out: Optional[int] = Field(None, ge=1)
+    r_in: Optional[int] = Field(None, ge=1)
+    rank: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if (self.r_out is None) != (self.r_in is None) or (self.rank is None) == (self.r_out is None):
+            raise ValueError("give r_out and r_in (tucker2), or rank (cp3, linear SVD)")
+        return self
+
+
+class DecomposeSection(Section):
+    """Step 2 of METHOD.md: which layers, which method, which ranks."""
+
+    method: Literal["tucker2", "cp3"] = "tucker2"
+    x: float = Field(1.71, gt=1)                       # compression factor per layer
+    rank_rule: Literal["x", "vbmf"] = "x"              # ranks from X, or VBMF estimation
+    layers: Optional[list[str]] = None                 # default: the architecture's usual layers
+    exclude: list[str] = []
+    linear: bool = False                               # also the Linear layers, by truncated SVD
+    ranks: dict[str, LayerRanks] = {}                  # per-layer explicit ranks
+
+
 class Session(Section):
     version: Literal[1] = VERSION
     model: ModelSection
     data: Optional[DataSection] = None
     prune: Optional[PruneSection] = None
+    decompose: Optional[DecomposeSection] = None
 
     @classmethod
-    def from_target(cls, target: Target, prune: PruneSection | None = None) -> "Session":
+    def from_target(cls, target: Target, prune: PruneSection | None = None,
+                    decompose: DecomposeSection | None = None) -> "Session":
         """A session opening `target` (absolute paths) with the given pruning choices."""
         model = ModelSection(
             name=target.model, checkpoint=str(Path(target.checkpoint).resolve()) if target.checkpoint else None,
             num_classes=target.num_classes, in_channels=target.in_channels, weights=target.weights,
             allow_pickle=target.allow_pickle,
             input_size="x".join(map(str, target.input_size)) if target.input_size else None)
-        return cls(model=model, data=DataSection(spec=target.data) if target.data else None, prune=prune)
+        return cls(model=model, data=DataSection(spec=target.data) if target.data else None, prune=prune,
+                   decompose=decompose)
 
     def resolved(self, base: Path) -> "Session":
         """The same session with the checkpoint and data paths made absolute against `base`
@@ -119,10 +148,10 @@ class Session(Section):
         m, d = self.model, self.data
         update = {}
         if m.checkpoint:
-            update["model"] = m.model_copy(update={"checkpoint": str((base / m.checkpoint).resolve())})
+            update["model"] = m.model_copy(update={"checkpoint": str((base / Path(m.checkpoint).expanduser()).resolve())})
         if d and d.spec not in ("demo", "digits"):
             kind, sep, path = d.spec.rpartition(":")
-            update["data"] = d.model_copy(update={"spec": f"{kind}{sep}{(base / path).resolve()}"})
+            update["data"] = d.model_copy(update={"spec": f"{kind}{sep}{(base / Path(path).expanduser()).resolve()}"})
         return self.model_copy(update=update)
 
     def target(self) -> Target:

@@ -28,9 +28,10 @@ def run_replay(session: Path, out: Path, latency: bool) -> None:
 
 
 def steps_table(steps: list[dict], title: str) -> Table:
-    """One row per pipeline step: parameters, FLOPs, latency, accuracy, and ratios to baseline."""
+    """One row per pipeline step: parameters, FLOPs, latency (ms, batch 1), test accuracy, and
+    the ratios to the baseline (parameters and FLOPs divided by, speed multiplied by)."""
     table = Table(title=title, header_style="bold")
-    for col in ("step", "params", "FLOPs", "latency ms", "accuracy", "params x", "FLOPs x", "speed-up"):
+    for col in ("step", "params", "FLOPs", "ms", "acc", "÷params", "÷FLOPs", "×speed"):
         table.add_column(col, justify="left" if col == "step" else "right")
     base = steps[0]
     for step in steps:
