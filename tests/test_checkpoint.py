@@ -152,7 +152,7 @@ def test_pickled_cp3_model_reads_inertly(seeds):
     assert n_params(loaded.model) == 388_766
     assert loaded.arch.model == "resnet56" and loaded.arch.cfg == ckpt.cfg
     assert loaded.arch.extra["decomposed"] == ckpt.decomposed
-    assert "54 convs rebuilt as CP3 sequences" in loaded.notes
+    assert "54 layers rebuilt as CP3 sequences" in loaded.notes
     state = loaded.model.state_dict()
     assert state.keys() == ckpt.state_dict.keys()
     assert all(torch.equal(state[k], v) for k, v in ckpt.state_dict.items())
@@ -262,8 +262,8 @@ def test_reference_style_decomposed_state_dict_rebuilds_exactly(tmp_path, cfg):
     assert loaded.arch.model == "resnet20"
     assert loaded.arch.cfg == (cfg or [16] * 3 + [32] * 3 + [64] * 3)
     assert loaded.arch.extra["decomposed"] == {p: spec[0] for p, spec in DECOMPOSITION.items()}
-    assert "2 convs rebuilt as Tucker-2 sequences" in loaded.notes
-    assert "2 convs rebuilt as CP3 sequences" in loaded.notes
+    assert "2 layers rebuilt as Tucker-2 sequences" in loaded.notes
+    assert "2 layers rebuilt as CP3 sequences" in loaded.notes
     assert n_params(loaded.model) == n_params(original)
     assert str(loaded.model) == str(original)
     x = torch.randn(2, 3, 32, 32)

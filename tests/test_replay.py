@@ -26,31 +26,37 @@ def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SESSIONS.glob("demo-*.toml")))
 def test_demo_sessions_replay(name, tmp_path):
-    run = replay(SESSIONS / name, tmp_path, latency=False)
-    report = json.loads((tmp_path / "report.json").read_text())
-    steps = report["steps"]
-    assert [s["name"] for s in steps] == ["baseline", "pruned"]
-    base, pruned = steps
-    assert pruned["params"] < base["params"] and pruned["flops"] < base["flops"]
-    assert pruned["params"] == pruned["predicted"]["params"] and pruned["flops"] == pruned["predicted"]["flops"]
-    # the saved model is the one measured, in our format and the reference one
-    for file in ("pruned.safetensors", "pruned.pth.tar"):
-        loaded = load_model(checkpoint=tmp_path / file)
-        assert count_params(loaded.model) == pruned["params"]
-        assert count_flops(loaded.model, (1, 8, 8)) == pruned["flops"]
-    model, _ = run.models["pruned"]
-    x = torch.randn(4, 1, 8, 8)
-    torch.testing.assert_close(load_model(checkpoint=tmp_path / "pruned.safetensors").model(x), model.eval()(x),
-                               rtol=0, atol=0)
-    for layer in pruned["layers"]:
-        assert 1 <= layer["channels_after"] <= layer["channels_before"]
     session = load_session(SESSIONS / name)
-    if session.data is None:
-        assert base["accuracy"] is None and pruned["accuracy"] is None
-    else:
-        assert 0.9 < base["accuracy"] <= 1 and 0 <= pruned["accuracy"] <= 1
+    run = replay(SESSIONS / name, tmp_path, latency=False)
+    steps = json.loads((tmp_path / "report.json").read_text())["steps"]
+    expected = ["baseline"] + ["pruned"] * (session.prune is not None) + ["decomposed"] * (session.decompose is not None)
+    assert [s["name"] for s in steps] == expected
+    for before, step in zip(steps, steps[1:]):
+        assert step["params"] < before["params"] and step["flops"] < before["flops"]
+        assert step["params"] == step["predicted"]["params"] and step["flops"] == step["predicted"]["flops"]
+        # the saved model is the one measured, in our format and the reference one
+        for file in (f"{step['name']}.safetensors", f"{step['name']}.pth.tar"):
+            loaded = load_model(checkpoint=tmp_path / file)
+            assert count_params(loaded.model) == step["params"]
+            assert count_flops(loaded.model, (1, 8, 8)) == step["flops"]
+        model, _ = run.models[step["name"]]
+        x = torch.randn(4, 1, 8, 8)
+        reloaded = load_model(checkpoint=tmp_path / f"{step['name']}.safetensors").model
+        torch.testing.assert_close(reloaded(x), model.eval()(x), rtol=0, atol=0)
+        if session.data is None:
+            assert step["accuracy"] is None
+        else:
+            assert 0 <= step["accuracy"] <= 1
+    for step in steps:
+        if step["name"] == "pruned":
+            assert all(1 <= x["channels_after"] <= x["channels_before"] for x in step["layers"])
+        if step["name"] == "decomposed":
+            done = [x for x in step["layers"] if x["skipped"] is None]
+            assert done and all(0 <= x["error"] < 1 and x["params_after"] < x["params_before"] for x in done)
+    assert steps[0]["accuracy"] is None if session.data is None else 0.9 < steps[0]["accuracy"] <= 1
     # the frozen copy replays from anywhere
-    assert load_session(tmp_path / "session.toml").prune == session.prune
+    frozen = load_session(tmp_path / "session.toml")
+    assert (frozen.prune, frozen.decompose) == (session.prune, session.decompose)
 
 
 def test_replay_matches_the_plan(tmp_path):
@@ -80,6 +86,11 @@ def test_cli_replay_prints_summary(tmp_path):
      ("keep: 99 is more than its 16 channels",)),
     ('[model]\nname = "resnet20"\ncheckpoint = "missing.pth"\n', ("model.checkpoint", "missing.pth")),
     ('[model]\nname = "demo"\nnum_classes = "ten"\n', ("model.num_classes",)),
+    ('[model]\nname = "demo"\n[decompose]\n[decompose.ranks."layer1.0.conv1"]\nr_out = 0\nr_in = 4\n',
+     ("decompose.ranks.layer1.0.conv1.r_out", "greater than or equal to 1")),
+    ('[model]\nname = "demo"\n[decompose]\n[decompose.ranks."layer1.0.conv1"]\nr_out = 40\nr_in = 4\n',
+     ("decompose.ranks.layer1.0.conv1.r_out", "40 is more than the layer's 16 output channels")),
+    ('[model]\nname = "demo"\n[decompose]\nlayers = ["layer9.conv1"]\n', ("decompose.layers", "layer9.conv1")),
 ])
 def test_bad_session_exit_2_and_nothing_written(tmp_path, body, words):
     session = tmp_path / "bad.toml"

@@ -13,10 +13,12 @@ from textual.binding import Binding
 from core.errors import WorkbenchError
 from core.models.checkpoint import Loaded
 from core.overview import Opened, Overview, Target, gather, open_target
+from core.decompose.plan import DecomposePlan, Decomposer, apply_decomposition
 from core.prune.plan import PrunePlan
 from core.prune.surgery import apply_pruning
-from core.session import PruneSection, Session, save_session
+from core.session import DecomposeSection, PruneSection, Session, save_session
 from workbench.screens.base import WorkbenchScreen
+from workbench.screens.decompose import DecomposeScreen
 from workbench.screens.prune import PruneScreen
 from workbench.screens.stats import StatsScreen
 from workbench.screens.summary import SummaryScreen
@@ -27,10 +29,11 @@ class Workbench(App):
 
     TITLE = "HOS Workbench"
     CSS_PATH = "app.tcss"
-    SCREENS = {"stats": StatsScreen, "summary": SummaryScreen, "prune": PruneScreen}
+    SCREENS = {"stats": StatsScreen, "summary": SummaryScreen, "prune": PruneScreen, "decompose": DecomposeScreen}
     BINDINGS = [
-        Binding("w", "switch_screen('stats')", "Weights", id="screen.stats"),
+        Binding("w", "switch_screen('stats')", "Stats", id="screen.stats"),
         Binding("p", "switch_screen('prune')", "Prune", id="screen.prune"),
+        Binding("d", "switch_screen('decompose')", "Decomp", id="screen.decompose"),
         Binding("m", "switch_screen('summary')", "Model", id="screen.summary"),
         Binding("question_mark,f1", "show_help_panel", "Help", id="help"),
         Binding("ctrl+s", "save_session", "Save", show=False, id="save"),
@@ -38,13 +41,17 @@ class Workbench(App):
     ]
 
     def __init__(self, target: Target, opened: Opened | None = None, latency: bool = True,
-                 prune: PruneSection | None = None, session_path: Path | None = None) -> None:
+                 prune: PruneSection | None = None, session_path: Path | None = None,
+                 decompose: DecomposeSection | None = None) -> None:
         super().__init__()
         self.target, self.opened, self.latency = target, opened, latency
-        self.prune_settings = prune or PruneSection()
+        self.prune_settings = prune          # None until the user makes a pruning choice
+        self.decompose_settings = decompose  # likewise for the decomposition
         self.session_path = session_path or Path("session.toml")
-        self.base: Overview | None = None      # the model as opened
-        self.overview: Overview | None = None  # the model as it is now (after apply)
+        self.base: Overview | None = None        # the model as opened
+        self.pruned: Overview | None = None      # after the pruning plan was applied
+        self.decomposed: Overview | None = None  # after the decomposition was applied
+        self.overview: Overview | None = None    # the latest of these, shown by the screens
         self.error: str | None = None
 
     def on_mount(self) -> None:
@@ -79,29 +86,40 @@ class Workbench(App):
             self.screen.sync()
 
     @work(thread=True, exclusive=True, group="load")
-    def apply_plan(self, plan: PrunePlan) -> None:
-        """Prune the opened model by `plan`, then show the pruned model on every screen."""
-        base = self.base.opened
-        self.call_from_thread(self._progress, 0, 1, "pruning")
+    def apply_plan(self, plan: PrunePlan | DecomposePlan, decomposer: Decomposer | None = None) -> None:
+        """Apply a pruning plan (to the opened model) or a decomposition plan (to the pruned
+        model if there is one, else the opened one: approaches A3 and A2), measure the
+        result and show it on every screen."""
+        pruning = isinstance(plan, PrunePlan)
+        start = (self.base if pruning else self.pruned or self.base).opened
+        self.call_from_thread(self._progress, 0, 1, "pruning" if pruning else "decomposing")
         try:
-            model, arch = apply_pruning(base.model, base.loaded.arch, plan.keep(), base.input_shape)
+            if pruning:
+                model, arch = apply_pruning(start.model, start.loaded.arch, plan.keep(), start.input_shape)
+            else:
+                model, arch = apply_decomposition(start.model, start.loaded.arch, plan, decomposer)
         except WorkbenchError as exc:
             self.call_from_thread(self.notify, str(exc), severity="error")
             return
-        source = f"{base.loaded.source}, pruned {plan.settings.strategy}"
-        pruned = Opened(Loaded(model, arch, source, []), base.data, base.input_shape)
-        overview = gather(pruned, self.latency, lambda i, n, what: self.call_from_thread(self._progress, i, n, what))
+        label = f"pruned {plan.settings.strategy}" if pruning else f"{plan.settings.method} X={plan.settings.x}"
+        opened = Opened(Loaded(model, arch, f"{start.loaded.source}, {label}", []), start.data, start.input_shape)
+        overview = gather(opened, self.latency, lambda i, n, what: self.call_from_thread(self._progress, i, n, what))
+        if pruning:
+            self.pruned, self.decomposed = overview, None
+        else:
+            self.decomposed = overview
         ok = overview.costs.params == plan.params[1] and overview.costs.flops == plan.flops[1]
         self.call_from_thread(self._loaded, overview)
         self.call_from_thread(
-            self.notify, f"applied: {overview.costs.params:,} params, {overview.costs.flops:,} FLOPs measured"
+            self.notify, f"{label}: {overview.costs.params:,} params, {overview.costs.flops:,} FLOPs measured"
             + (" (as planned)" if ok else f" (plan said {plan.params[1]:,} / {plan.flops[1]:,})"),
             severity="information" if ok else "warning")
 
     def action_save_session(self) -> None:
         """Write the session (model, data, pruning choices) to `session_path`."""
         try:
-            save_session(Session.from_target(self.target, self.prune_settings), self.session_path)
+            save_session(Session.from_target(self.target, self.prune_settings, self.decompose_settings),
+                         self.session_path)
         except WorkbenchError as exc:
             self.notify(str(exc), severity="error")
             return

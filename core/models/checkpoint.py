@@ -43,7 +43,7 @@ FORMATS = {
     "safetensors": "safetensors",
     "reference-pickle": "pickled model object, read inertly",
 }
-KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3"}
+KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3", "svd": "truncated-SVD"}
 MAX_DETAIL_LINES = 20
 _DECOMPOSED_KEY = re.compile(r"^((?:.+\.)?([^.]+))\.\2-0\.weight$")
 
@@ -271,7 +271,8 @@ def _checkpoint(tensors: dict[str, torch.Tensor], fmt: str, cfg: list[int] | Non
 
 
 def decomposed_convs(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Module path -> "tucker2" | "cp3" for every `<path>.<name>-0.weight` key set."""
+    """Module path -> "tucker2" | "cp3" (three convs `-0/-1/-2`) or "svd" (two Linear layers
+    `-0/-1`) for every `<path>.<name>-0.weight` key set."""
     found = {}
     for key, first in state_dict.items():
         match = _DECOMPOSED_KEY.match(key)
@@ -279,7 +280,11 @@ def decomposed_convs(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
             continue
         path, name = match.groups()
         core = state_dict.get(f"{path}.{name}-1.weight")
-        if core is None or f"{path}.{name}-2.weight" not in state_dict:
+        if core is None:
+            continue
+        if f"{path}.{name}-2.weight" not in state_dict:
+            if first.dim() == core.dim() == 2:
+                found[path] = "svd"
             continue
         depthwise = core.shape[1] == 1 and core.shape[0] == first.shape[0] != 1
         found[path] = "cp3" if depthwise else "tucker2"
@@ -351,7 +356,7 @@ def load_model(
         for kind, label in KIND_NAMES.items():
             count = sum(1 for k in rebuilt.values() if k == kind)
             if count:
-                notes.append(f"{count} convs rebuilt as {label} sequences")
+                notes.append(f"{count} layers rebuilt as {label} sequences")
     _check_fit(net, sd, Path(checkpoint).name, name)
     net.load_state_dict(sd, strict=False)
     if ckpt.format == "reference-pickle":
@@ -405,7 +410,7 @@ def _cfg_from_shapes(name: str, sd: dict[str, torch.Tensor]) -> list[int] | None
 
 
 def rebuild_decomposed(model: nn.Module, sd: dict[str, torch.Tensor], decomposed: dict[str, str]) -> dict[str, str]:
-    """Replace each listed conv by the Sequential its `-0/-1/-2` tensors describe.
+    """Replace each listed conv (Linear, for "svd") by the Sequential its `-0/-1/-2` tensors describe.
 
     Stride, padding, dilation and padding mode come from the original conv; channel counts
     and ranks from the tensors. Convs whose tensors do not fit stay as they are (the fit
@@ -418,6 +423,15 @@ def rebuild_decomposed(model: nn.Module, sd: dict[str, torch.Tensor], decomposed
         except AttributeError:
             continue
         name = path.rsplit(".", 1)[-1]
+        parent = model.get_submodule(path.rpartition(".")[0])
+        if kind == "svd":
+            w0, w1 = (sd[f"{path}.{name}-{i}.weight"] for i in range(2))
+            if isinstance(conv, nn.Linear) and w0.shape[1] == conv.in_features and w1.shape[0] == conv.out_features:
+                setattr(parent, name, nn.Sequential(OrderedDict(
+                    (f"{name}-{i}", nn.Linear(w.shape[1], w.shape[0], bias=f"{path}.{name}-{i}.bias" in sd))
+                    for i, w in enumerate((w0, w1)))))
+                done[path] = kind
+            continue
         w0, w1, w2 = (sd[f"{path}.{name}-{i}.weight"] for i in range(3))
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or w0.shape[1] != conv.in_channels \
                 or w2.shape[0] != conv.out_channels:
@@ -430,7 +444,6 @@ def rebuild_decomposed(model: nn.Module, sd: dict[str, torch.Tensor], decomposed
                 groups, bias=f"{path}.{name}-1.bias" in sd, padding_mode=conv.padding_mode)),
             (f"{name}-2", nn.Conv2d(w2.shape[1], w2.shape[0], tuple(w2.shape[2:]), bias=f"{path}.{name}-2.bias" in sd)),
         ]))
-        parent = model.get_submodule(path.rpartition(".")[0])
         setattr(parent, name, seq)
         done[path] = kind
     return done

@@ -40,11 +40,16 @@ def parse_edit(text: str) -> LayerChoice | None:
 
 class PruneScreen(WorkbenchScreen):
     BINDINGS = [
-        Binding("e", "edit", "Edit layer", id="prune.edit"),
+        Binding("e", "edit", "Edit", id="prune.edit"),
         Binding("a", "apply", "Apply", id="prune.apply"),
-        Binding("ctrl+s", "app.save_session", "Save", id="prune.save"),
+        Binding("ctrl+s", "app.save_session", "Save", show=False, id="prune.save"),
         Binding("escape", "cancel_edit", "Cancel", show=False, id="prune.cancel"),
     ]
+
+    @property
+    def settings(self) -> PruneSection:
+        """The app's pruning choices, or the defaults while the user has made none."""
+        return self.app.prune_settings or PruneSection()
 
     def body(self) -> ComposeResult:
         with Horizontal(classes="fields"):
@@ -80,12 +85,12 @@ class PruneScreen(WorkbenchScreen):
 
     def show_overview(self, overview: Overview) -> None:
         if self.planner is None:
-            self.fill_fields(self.app.prune_settings)
+            self.fill_fields(self.settings)
             self.build_planner(self.app.base)
 
     @work(thread=True, exclusive=True, group="planner")
     def build_planner(self, base: Overview) -> None:
-        s = self.app.prune_settings
+        s = self.settings
         opened = base.opened
         try:
             planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, base.stats, s.coupled, s.ignore)
@@ -118,7 +123,7 @@ class PruneScreen(WorkbenchScreen):
                 update[name] = kind(text) if text else PruneSection.model_fields[name].default
             except ValueError:
                 raise WorkbenchError(f"{name}: '{text}' is not a {kind.__name__}") from None
-        data = {**self.app.prune_settings.model_dump(), **update}
+        data = {**self.settings.model_dump(), **update}
         try:
             return PruneSection.model_validate(data)
         except ValidationError as exc:
@@ -137,15 +142,17 @@ class PruneScreen(WorkbenchScreen):
         if self._filling or self.planner is None:
             return
         try:
-            self.app.prune_settings = self.settings_from_fields()
+            settings = self.settings_from_fields()
         except WorkbenchError as exc:
             self.query_one("#totals", Static).update(f"[red]{exc}[/]")
             return
+        if settings != self.settings:  # field events also fire when the screen fills them in
+            self.app.prune_settings = settings
         self.replan()
 
     @work(thread=True, exclusive=True, group="plan")
     def replan(self) -> None:
-        settings = self.app.prune_settings
+        settings = self.settings
         try:
             plan = self.planner.plan(settings)
         except WorkbenchError as exc:
@@ -193,7 +200,7 @@ class PruneScreen(WorkbenchScreen):
         layer = self.plan.layers[table.cursor_row]
         box = self.query_one("#edit", Input)
         box.placeholder = f"{layer.name}: ratio (0.3) or keep (12) of {layer.channels}; empty = strategy"
-        choice = self.app.prune_settings.layers.get(layer.name)
+        choice = self.settings.layers.get(layer.name)
         box.value = "" if choice is None else (str(choice.ratio) if choice.ratio is not None else str(choice.keep))
         box.display = True
         box.focus()
@@ -210,12 +217,12 @@ class PruneScreen(WorkbenchScreen):
         except WorkbenchError as exc:
             self.notify(str(exc), severity="error")
             return
-        layers = dict(self.app.prune_settings.layers)
+        layers = dict(self.settings.layers)
         if choice is None:
             layers.pop(self._editing, None)
         else:
             layers[self._editing] = choice
-        self.app.prune_settings = self.app.prune_settings.model_copy(update={"layers": layers})
+        self.app.prune_settings = self.settings.model_copy(update={"layers": layers})
         self.action_cancel_edit()
         self.replan()
 
@@ -227,4 +234,5 @@ class PruneScreen(WorkbenchScreen):
     def action_apply(self) -> None:
         if self.plan is None:
             return
+        self.app.prune_settings = self.plan.settings
         self.app.apply_plan(self.plan)

@@ -34,10 +34,25 @@ def summary_text(ov: Overview) -> str:
     return "\n".join(lines)
 
 
+def steps_text(steps: list[tuple[str, Overview]]) -> str:
+    """The compression so far, one line per applied step, with ratios to the opened model."""
+    base = steps[0][1].costs
+    lines = ["", f"[b]{'step':<11}{'params':>11}{'FLOPs':>9}{'latency':>10}{'accuracy':>10}{'÷params':>9}{'÷FLOPs':>8}[/]"]
+    for name, ov in steps:
+        c = ov.costs
+        lat = f"{num(c.latency.median_ms)}ms" if c.latency else "-"
+        lines.append(f"{name:<11}{c.params:>11,}{count(c.flops):>9}{lat:>10}{percent(ov.accuracy):>10}"
+                     f"{base.params / c.params:>9.2f}{base.flops / c.flops:>8.2f}")
+    return "\n".join(lines)
+
+
 class SummaryScreen(WorkbenchScreen):
     def body(self) -> ComposeResult:
         with VerticalScroll(id="summary-scroll"):
             yield Static(id="summary")
 
     def show_overview(self, overview: Overview) -> None:
-        self.query_one("#summary", Static).update(summary_text(overview))
+        app = self.app
+        steps = [(name, ov) for name, ov in (("opened", app.base), ("pruned", app.pruned),
+                                             ("decomposed", app.decomposed)) if ov is not None]
+        self.query_one("#summary", Static).update(summary_text(overview) + (steps_text(steps) if len(steps) > 1 else ""))

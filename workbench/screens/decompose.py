@@ -1,0 +1,261 @@
+"""The decomposition screen: method, rank rule and X, the layer table with ranks editable
+in place and layers switched on/off, predicted savings, reconstruction errors filled in by
+a background worker, totals, apply and save.
+
+It plans on the pruned model when a pruning was applied (A3), else on the opened one (A2)."""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Input, Label, Select, Static
+
+from core.decompose.plan import DecomposePlan, Decomposer
+from core.errors import WorkbenchError
+from core.overview import Overview
+from core.session import DecomposeSection, LayerRanks
+from workbench.format import count, num, shape
+from workbench.screens.base import WorkbenchScreen
+
+
+def parse_ranks(text: str) -> LayerRanks | None:
+    """'12 10' -> r_out 12, r_in 10 (Tucker-2); '27' -> rank 27 (CP3, SVD); '' -> from X."""
+    parts = text.replace(",", " ").split()
+    try:
+        if not parts:
+            return None
+        if len(parts) == 2:
+            return LayerRanks(r_out=int(parts[0]), r_in=int(parts[1]))
+        if len(parts) == 1:
+            return LayerRanks(rank=int(parts[0]))
+    except (ValueError, ValidationError):
+        pass
+    raise WorkbenchError(f"'{text}': write 'R_out R_in' (Tucker-2, e.g. 12 10) or one rank (CP3/SVD, e.g. 27), "
+                         "whole numbers >= 1")
+
+
+class DecomposeScreen(WorkbenchScreen):
+    BINDINGS = [
+        Binding("e", "edit", "Ranks", id="decompose.edit"),
+        Binding("space", "toggle", "On/off", id="decompose.toggle"),
+        Binding("a", "apply", "Apply", id="decompose.apply"),
+        Binding("ctrl+s", "app.save_session", "Save", show=False, id="decompose.save"),
+        Binding("escape", "cancel_edit", "Cancel", show=False, id="decompose.cancel"),
+    ]
+
+    @property
+    def settings(self) -> DecomposeSection:
+        return self.app.decompose_settings or DecomposeSection()
+
+    def body(self) -> ComposeResult:
+        with Horizontal(classes="fields"):
+            yield Select([("Tucker-2", "tucker2"), ("CP3", "cp3")], value="tucker2", allow_blank=False,
+                         compact=True, id="method")
+            yield Select([("ranks from X", "x"), ("VBMF ranks", "vbmf")], value="x", allow_blank=False,
+                         compact=True, id="rule")
+            yield Label(" X")
+            yield Input(compact=True, id="x", placeholder="1.71")
+            yield Select([("convs", False), ("convs+linear", True)], value=False, allow_blank=False,
+                         compact=True, id="linear")
+        yield Static(id="dtotals")
+        yield DataTable(id="layers-d", cursor_type="row", zebra_stripes=True)
+        yield Input(id="ranks-edit", compact=True)
+
+    def on_mount(self) -> None:
+        table = self.query_one("#layers-d", DataTable)
+        for key, label in (("name", "layer"), ("shape", "shape"), ("ranks", "ranks"), ("params", "params"),
+                           ("flops", "FLOPs÷"), ("error", "rel err"), ("note", "note")):
+            table.add_column(label, key=key)
+        self.query_one("#ranks-edit").display = False
+        self.decomposer: Decomposer | None = None
+        self.source: Overview | None = None
+        self.plan: DecomposePlan | None = None
+        self.errors: dict[tuple, float] = {}
+
+    def show_overview(self, overview: Overview) -> None:
+        """(Re)build the decomposer when the model to decompose changed (a pruning applied)."""
+        source = self.app.pruned or self.app.base
+        if source is not self.source:
+            self.source, self.decomposer, self.errors = source, None, {}
+            self.fill_fields(self.settings)
+            self.build(source)
+
+    @work(thread=True, exclusive=True, group="decomposer")
+    def build(self, source: Overview) -> None:
+        opened = source.opened
+        try:
+            decomposer = Decomposer(opened.model, opened.loaded.arch, opened.input_shape)
+        except WorkbenchError as exc:
+            self.app.call_from_thread(self.query_one("#dtotals", Static).update, f"[red]{exc}[/]")
+            return
+        self.app.call_from_thread(self._ready, decomposer)
+
+    def _ready(self, decomposer: Decomposer) -> None:
+        self.decomposer = decomposer
+        self.replan()
+
+    def fill_fields(self, s: DecomposeSection) -> None:
+        self.query_one("#method", Select).value = s.method
+        self.query_one("#rule", Select).value = s.rank_rule
+        self.query_one("#linear", Select).value = s.linear
+        self.query_one("#x", Input).value = "" if s.x == DecomposeSection.model_fields["x"].default else str(s.x)
+
+    def settings_from_fields(self) -> DecomposeSection:
+        text = self.query_one("#x", Input).value.strip()
+        try:
+            x = float(text) if text else DecomposeSection.model_fields["x"].default
+        except ValueError:
+            raise WorkbenchError(f"X: '{text}' is not a number") from None
+        data = {**self.settings.model_dump(), "method": self.query_one("#method", Select).value,
+                "rank_rule": self.query_one("#rule", Select).value, "linear": self.query_one("#linear", Select).value,
+                "x": x}
+        if data["method"] != self.settings.method:
+            data["ranks"] = {}  # Tucker-2 ranks do not carry over to CP3 and back
+        try:
+            return DecomposeSection.model_validate(data)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise WorkbenchError(f"{'.'.join(map(str, err['loc'])) or 'settings'}: "
+                                 f"{err['msg'].removeprefix('Value error, ')}") from None
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        self.settings_changed()
+
+    def on_input_changed(self, event: Input.Changed) -> None:
+        if event.input.id == "x":
+            self.settings_changed()
+
+    def settings_changed(self) -> None:
+        if self.decomposer is None:
+            return
+        try:
+            settings = self.settings_from_fields()
+        except WorkbenchError as exc:
+            self.query_one("#dtotals", Static).update(f"[red]{exc}[/]")
+            return
+        if settings != self.settings:  # field events also fire when the screen fills them in
+            self.app.decompose_settings = settings
+        self.replan()
+
+    @work(thread=True, exclusive=True, group="dplan")
+    def replan(self) -> None:
+        try:
+            plan = self.decomposer.plan(self.settings)
+        except WorkbenchError as exc:
+            self.app.call_from_thread(self.query_one("#dtotals", Static).update, f"[red]{exc}[/]")
+            return
+        self.app.call_from_thread(self.show_plan, plan)
+        self.app.call_from_thread(self.fill_errors, plan)
+
+    def show_plan(self, plan: DecomposePlan) -> None:
+        first, self.plan = self.plan is None, plan
+        (p0, p1), (f0, f1) = plan.params, plan.flops
+        done = [x for x in plan.layers if x.skipped is None]
+        on = "A3: the pruned model" if self.app.pruned else "A2: the opened model"
+        self.query_one("#dtotals", Static).update(
+            f"params {p0:,} → [b]{p1:,}[/] ({p0 / p1:.2f}x)   FLOPs {count(f0)} → [b]{count(f1)}[/] ({f0 / f1:.2f}x)\n"
+            f"[dim]{len(done)} layers decomposed, {len(plan.layers) - len(done)} skipped; on {on}; "
+            "e ranks, space on/off, a apply[/]")
+        table = self.query_one("#layers-d", DataTable)
+        row = table.cursor_row
+        table.clear()
+        planned = {layer.name: layer for layer in plan.layers}
+        self.rows = [name for name, site in self.decomposer.sites.items()
+                     if name in planned or site.kind == "conv" or plan.settings.linear]
+        for name in self.rows:
+            layer = planned.get(name)
+            if layer is None:
+                weight = self.decomposer.sites[name].module.weight
+                table.add_row(name, shape(weight.shape), "-", "-", "-", "-", "off", key=name)
+                continue
+            error = self.errors.get(self._key(layer))
+            table.add_row(name, shape(layer.shape), " ".join(map(str, layer.ranks)) if layer.ranks else "-",
+                          f"{count(layer.params[0])}→{count(layer.params[1])}",
+                          f"{layer.flops[0] / layer.flops[1]:.2f}" if layer.flops[1] else "-",
+                          num(error, 3) if error is not None else ("…" if layer.skipped is None else "-"),
+                          layer.skipped or ("custom" if name in plan.settings.ranks else ""), key=name)
+        if self.rows:
+            table.move_cursor(row=min(row, len(self.rows) - 1))
+        if first:
+            table.focus()
+
+    @staticmethod
+    def _key(layer) -> tuple:
+        return (layer.name, layer.method, tuple(layer.ranks))
+
+    @work(thread=True, exclusive=True, group="derrors")
+    def fill_errors(self, plan: DecomposePlan) -> None:
+        """Reconstruction error of each decomposed layer, one at a time, off the UI thread."""
+        for layer in plan.layers:
+            key = self._key(layer)
+            if layer.skipped is not None or key in self.errors:
+                continue
+            self.errors[key] = self.decomposer.layer_error(layer.name, plan.settings)
+            self.app.call_from_thread(self._show_error, layer.name, self.errors[key])
+
+    def _show_error(self, name: str, error: float) -> None:
+        table = self.query_one("#layers-d", DataTable)
+        if name in table.rows:
+            table.update_cell(name, "error", num(error, 3))
+
+    def _current(self) -> str | None:
+        table = self.query_one("#layers-d", DataTable)
+        if self.plan is None or not table.row_count:
+            return None
+        return self.rows[table.cursor_row]
+
+    def action_toggle(self) -> None:
+        """Switch the highlighted layer in or out of the decomposition."""
+        name = self._current()
+        if name is None:
+            return
+        chosen = [x.name for x in self.plan.layers]
+        chosen = [n for n in chosen if n != name] if name in chosen else chosen + [name]
+        ranks = {k: v for k, v in self.settings.ranks.items() if k in chosen}
+        self.app.decompose_settings = self.settings.model_copy(update={"layers": chosen, "exclude": [],
+                                                                       "ranks": ranks})
+        self.replan()
+
+    def action_edit(self) -> None:
+        name = self._current()
+        if name is None or name not in {x.name for x in self.plan.layers}:
+            return
+        box = self.query_one("#ranks-edit", Input)
+        box.placeholder = f"{name}: 'R_out R_in' or one rank; empty = from X"
+        given = self.settings.ranks.get(name)
+        box.value = "" if given is None else (str(given.rank) if given.rank else f"{given.r_out} {given.r_in}")
+        box.display = True
+        box.focus()
+        self._editing = name
+
+    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+        self.action_edit()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        if event.input.id != "ranks-edit":
+            return
+        try:
+            ranks = parse_ranks(event.value)
+        except WorkbenchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        given = dict(self.settings.ranks)
+        if ranks is None:
+            given.pop(self._editing, None)
+        else:
+            given[self._editing] = ranks
+        self.app.decompose_settings = self.settings.model_copy(update={"ranks": given})
+        self.action_cancel_edit()
+        self.replan()
+
+    def action_cancel_edit(self) -> None:
+        self.query_one("#ranks-edit", Input).display = False
+        self.query_one("#layers-d", DataTable).focus()
+
+    def action_apply(self) -> None:
+        if self.plan is not None:
+            self.app.decompose_settings = self.plan.settings
+            self.app.apply_plan(self.plan, self.decomposer)
