@@ -10,17 +10,12 @@ from core.decompose.plan import Decomposer
 from core.models.checkpoint import load_model
 from core.overview import Target
 from core.session import DecomposeSection, LayerRanks, load_session
+from tests.tui import settle, text_of
 from workbench.app import Workbench
 
 
-async def settle(pilot):
-    for _ in range(4):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
-
-
 def totals(app) -> str:
-    return str(app.screen.query_one("#dtotals", Static).render())
+    return text_of(app, "#dtotals")
 
 
 def test_edit_toggle_save_apply(tmp_path):

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 
-from textual.widgets import DataTable, Static
+from textual.widgets import DataTable
 
 from core.models.checkpoint import load_model
 from core.overview import Target
 from core.prune.plan import Planner
 from core.session import LayerChoice, PruneSection, load_session
+from tests.tui import settle, text_of
 from workbench.app import Workbench
 
 
@@ -18,14 +19,8 @@ def planner() -> Planner:
     return Planner(loaded.model, loaded.arch, (1, 8, 8))
 
 
-async def settle(pilot):
-    for _ in range(3):
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause()
-
-
 def totals(app) -> str:
-    return str(app.screen.query_one("#totals", Static).render())
+    return text_of(app, "#totals")
 
 
 def test_strategy_change_edit_save_and_apply(tmp_path):

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from core.models.cifar_resnet import init_weights
+
 V1_CFG = [32, 32, 64, 64, 128, 128, 128, 128, 256, 256, 256, 256, 512] + [512] * 10 + [512, 1024, 1024, 1024]
 V1_STRIDE2 = (11, 23)
 
@@ -27,15 +29,6 @@ V2_BLOCK_WIDTHS = [32, 16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 96, 9
 V2_EXPANSIONS = [32, 96, 144, 144, 192, 192, 192, 384, 384, 384, 384, 576, 576, 576, 576, 960, 960, 960, 960]
 V2_CFG = [w for e in V2_EXPANSIONS for w in (e, e)]
 V2_STRIDE2_BLOCKS = (6, 15)
-
-
-def _init(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 class V1Block(nn.Module):
@@ -65,7 +58,7 @@ class CifarMobileNetV1(nn.Module):
             *(V1Block(cfg[i - 1], cfg[i], cfg[i + 1], 2 if i in V1_STRIDE2 else 1) for i in range(1, len(cfg), 2))
         )
         self.linear = nn.Linear(cfg[-1], num_classes)
-        _init(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))
@@ -114,7 +107,7 @@ class CifarMobileNetV2(nn.Module):
         self.conv2 = nn.Conv2d(V2_BLOCK_WIDTHS[-1], 1280, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(1280)
         self.linear = nn.Linear(1280, num_classes)
-        _init(self)
+        init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layers(F.relu(self.bn1(self.conv1(x))))

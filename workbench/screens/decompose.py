@@ -19,6 +19,7 @@ from core.overview import Overview
 from core.session import DecomposeSection, LayerRanks
 from workbench.format import count, num, shape
 from workbench.screens.base import WorkbenchScreen
+from workbench.widgets.layer_edit import LayerEditor
 
 
 def parse_ranks(text: str) -> LayerRanks | None:
@@ -43,7 +44,6 @@ class DecomposeScreen(WorkbenchScreen):
         Binding("space", "toggle", "On/off", id="decompose.toggle"),
         Binding("a", "apply", "Apply", id="decompose.apply"),
         Binding("ctrl+s", "app.save_session", "Save", show=False, id="decompose.save"),
-        Binding("escape", "cancel_edit", "Cancel", show=False, id="decompose.cancel"),
     ]
 
     @property
@@ -62,14 +62,13 @@ class DecomposeScreen(WorkbenchScreen):
                          compact=True, id="linear")
         yield Static(id="dtotals")
         yield DataTable(id="layers-d", cursor_type="row", zebra_stripes=True)
-        yield Input(id="ranks-edit", compact=True)
+        yield LayerEditor(id="ranks-edit")
 
     def on_mount(self) -> None:
         table = self.query_one("#layers-d", DataTable)
         for key, label in (("name", "layer"), ("shape", "shape"), ("ranks", "ranks"), ("params", "params"),
                            ("flops", "FLOPs÷"), ("error", "rel err"), ("note", "note")):
             table.add_column(label, key=key)
-        self.query_one("#ranks-edit").display = False
         self.decomposer: Decomposer | None = None
         self.source: Overview | None = None
         self.plan: DecomposePlan | None = None
@@ -223,37 +222,25 @@ class DecomposeScreen(WorkbenchScreen):
         name = self._current()
         if name is None or name not in {x.name for x in self.plan.layers}:
             return
-        box = self.query_one("#ranks-edit", Input)
-        box.placeholder = f"{name}: 'R_out R_in' or one rank; empty = from X"
         given = self.settings.ranks.get(name)
-        box.value = "" if given is None else (str(given.rank) if given.rank else f"{given.r_out} {given.r_in}")
-        box.display = True
-        box.focus()
-        self._editing = name
+        value = "" if given is None else (str(given.rank) if given.rank else f"{given.r_out} {given.r_in}")
+        self.query_one(LayerEditor).open(name, f"{name}: 'R_out R_in' or one rank; empty = from X", value)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_edit()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id != "ranks-edit":
-            return
+    def on_layer_editor_edited(self, event: LayerEditor.Edited) -> None:
         try:
-            ranks = parse_ranks(event.value)
+            ranks = parse_ranks(event.text)
         except WorkbenchError as exc:
             self.notify(str(exc), severity="error")
             return
-        given = dict(self.settings.ranks)
-        if ranks is None:
-            given.pop(self._editing, None)
-        else:
-            given[self._editing] = ranks
+        given = {k: v for k, v in self.settings.ranks.items() if k != event.layer}
+        if ranks is not None:
+            given[event.layer] = ranks
         self.app.decompose_settings = self.settings.model_copy(update={"ranks": given})
-        self.action_cancel_edit()
+        self.query_one(LayerEditor).action_close()
         self.replan()
-
-    def action_cancel_edit(self) -> None:
-        self.query_one("#ranks-edit", Input).display = False
-        self.query_one("#layers-d", DataTable).focus()
 
     def action_apply(self) -> None:
         if self.plan is not None:

@@ -21,6 +21,7 @@ from core.prune.strategies import STRATEGIES
 from core.session import LayerChoice, PruneSection
 from workbench.format import count, num
 from workbench.screens.base import WorkbenchScreen
+from workbench.widgets.layer_edit import LayerEditor
 
 FIELDS = {"tmin": float, "tmax": float, "coef": float, "percent": float, "variant": str, "multiple_of": int}
 USES = {"tmin": "P1 P2 P3", "tmax": "P1 P2 P3", "coef": "P1 P2 P3", "percent": "P4", "variant": "P5"}
@@ -43,7 +44,6 @@ class PruneScreen(WorkbenchScreen):
         Binding("e", "edit", "Edit", id="prune.edit"),
         Binding("a", "apply", "Apply", id="prune.apply"),
         Binding("ctrl+s", "app.save_session", "Save", show=False, id="prune.save"),
-        Binding("escape", "cancel_edit", "Cancel", show=False, id="prune.cancel"),
     ]
 
     @property
@@ -71,14 +71,13 @@ class PruneScreen(WorkbenchScreen):
             yield Input(compact=True, id="coef")
         yield Static(id="totals")
         yield DataTable(id="plan", cursor_type="row", zebra_stripes=True)
-        yield Input(id="edit", compact=True)
+        yield LayerEditor(id="edit")
 
     def on_mount(self) -> None:
         table = self.query_one("#plan", DataTable)
         for key, label in (("name", "layer"), ("id", "id"), ("ch", "ch"), ("T", "T"), ("ratio", "ratio"),
                            ("keep", "keep"), ("cut", "cut"), ("by", "by")):
             table.add_column(label, key=key)
-        self.query_one("#edit").display = False
         self.planner: Planner | None = None
         self.plan: PrunePlan | None = None
         self._filling = False
@@ -135,7 +134,7 @@ class PruneScreen(WorkbenchScreen):
         self.settings_changed()
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id != "edit":
+        if not isinstance(event.input, LayerEditor):
             self.settings_changed()
 
     def settings_changed(self) -> None:
@@ -198,38 +197,26 @@ class PruneScreen(WorkbenchScreen):
         if self.plan is None or not table.row_count:
             return
         layer = self.plan.layers[table.cursor_row]
-        box = self.query_one("#edit", Input)
-        box.placeholder = f"{layer.name}: ratio (0.3) or keep (12) of {layer.channels}; empty = strategy"
         choice = self.settings.layers.get(layer.name)
-        box.value = "" if choice is None else (str(choice.ratio) if choice.ratio is not None else str(choice.keep))
-        box.display = True
-        box.focus()
-        self._editing = layer.name
+        value = "" if choice is None else str(choice.ratio if choice.ratio is not None else choice.keep)
+        self.query_one(LayerEditor).open(
+            layer.name, f"{layer.name}: ratio (0.3) or keep (12) of {layer.channels}; empty = strategy", value)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         self.action_edit()
 
-    def on_input_submitted(self, event: Input.Submitted) -> None:
-        if event.input.id != "edit":
-            return
+    def on_layer_editor_edited(self, event: LayerEditor.Edited) -> None:
         try:
-            choice = parse_edit(event.value)
+            choice = parse_edit(event.text)
         except WorkbenchError as exc:
             self.notify(str(exc), severity="error")
             return
-        layers = dict(self.settings.layers)
-        if choice is None:
-            layers.pop(self._editing, None)
-        else:
-            layers[self._editing] = choice
+        layers = {k: v for k, v in self.settings.layers.items() if k != event.layer}
+        if choice is not None:
+            layers[event.layer] = choice
         self.app.prune_settings = self.settings.model_copy(update={"layers": layers})
-        self.action_cancel_edit()
+        self.query_one(LayerEditor).action_close()
         self.replan()
-
-    def action_cancel_edit(self) -> None:
-        box = self.query_one("#edit", Input)
-        box.display = False
-        self.query_one("#plan", DataTable).focus()
 
     def action_apply(self) -> None:
         if self.plan is None:
