@@ -46,8 +46,6 @@ class ModelSection(Section):
 
 class DataSection(Section):
     spec: str
-    seed: int = 0
-    batch_size: int = Field(256, ge=1)
 
 
 class LayerChoice(Section):
