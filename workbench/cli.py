@@ -102,7 +102,7 @@ def replay(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<session name>)"),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="measure CPU latency of every step"),
 ) -> None:
-    """Run a session file headless: prune (and later decompose, fine-tune), measure, report."""
+    """Run a session file headless: prune, decompose, measure each step, write the run directory."""
     from workbench.replay_view import run_replay
 
     if not session.is_file():

@@ -211,7 +211,7 @@ def _ignored_ids(model: nn.Module, ignore: Sequence[str]) -> set[int]:
             try:
                 ids.add(id(model.get_parameter(name)))
             except AttributeError:
-                raise WorkbenchError(f"ignore: '{name}' is not a module or parameter of the model") from None
+                raise WorkbenchError(f"prune.ignore: '{name}' is not a module or parameter of the model") from None
             continue
         ids.update(id(m) for m in module.modules())
         ids.update(id(p) for p in module.parameters())
