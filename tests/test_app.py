@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
@@ -12,17 +11,8 @@ from core.measure import count_params
 from core.models.checkpoint import load_model
 from core.overview import Target
 from core.stats import network_stats
+from tests.tui import drive
 from workbench.app import Workbench
-
-
-def drive(app: Workbench, script, size=(80, 24)):
-    """Run `script(pilot)` once the app has finished opening the model."""
-    async def main():
-        async with app.run_test(size=size) as pilot:
-            await app.workers.wait_for_complete()
-            await pilot.pause()
-            await script(pilot)
-    asyncio.run(main())
 
 
 def line(app) -> str:

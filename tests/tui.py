@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from textual.widgets import Static
 
 
@@ -15,3 +17,16 @@ async def settle(pilot, rounds: int = 4) -> None:
 def text_of(app, selector: str) -> str:
     """The rendered text of a Static on the current screen."""
     return str(app.screen.query_one(selector, Static).render())
+
+
+def drive(app, script, first_key: str | None = None, size=(80, 24)) -> None:
+    """Run `app` headless at `size`; once it has opened the model (and, with `first_key`, once
+    that key's screen has settled too), await `script(pilot)`."""
+    async def main():
+        async with app.run_test(size=size) as pilot:
+            await settle(pilot)
+            if first_key:
+                await pilot.press(first_key)
+                await settle(pilot)
+            await script(pilot)
+    asyncio.run(main())

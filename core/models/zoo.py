@@ -48,10 +48,6 @@ def torchvision_models() -> list[str]:
     return sorted(tvm.list_models(module=tvm))
 
 
-def known_models() -> list[str]:
-    return [DEMO, *CIFAR_MODELS, *torchvision_models()]
-
-
 def is_cifar_family(name: str) -> bool:
     return name in CIFAR_MODELS or name == DEMO
 
