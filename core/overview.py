@@ -26,7 +26,7 @@ class Target:
     num_classes: int | None = None
     in_channels: int | None = None
     weights: str | None = None
-    allow_pickle: bool = False
+    trust_pickle: bool = False
     data: str | None = None
     input_size: tuple[int, int, int] | None = None
 
@@ -66,7 +66,7 @@ def open_target(target: Target) -> Opened:
     data = load_data(target.data) if target.data else None
     num_classes = target.num_classes or (data.num_classes if data and not target.checkpoint else None)
     loaded = load_model(target.model, target.checkpoint, num_classes=num_classes,
-                        in_channels=target.in_channels, weights=target.weights, allow_pickle=target.allow_pickle)
+                        in_channels=target.in_channels, weights=target.weights, trust_pickle=target.trust_pickle)
     shape = target.input_size or default_input_shape(loaded.arch)
     if data is not None:
         shape = (data.in_channels, data.image_size, data.image_size)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from core.atomic import atomic_path
 from core.errors import WorkbenchError
+from core.finetune.settings import FinetuneStage
 from core.overview import Target, parse_input_size
 from core.prune.scores import METRICS
 
@@ -34,7 +35,7 @@ class ModelSection(Section):
     num_classes: Optional[int] = Field(None, ge=1)
     in_channels: Optional[int] = Field(None, ge=1)
     weights: Optional[str] = None
-    allow_pickle: bool = False
+    trust_pickle: bool = False
     input_size: Optional[str] = Field(None, pattern=r"^\d+x\d+x\d+$")
 
     @model_validator(mode="after")
@@ -127,18 +128,30 @@ class Session(Section):
     data: Optional[DataSection] = None
     prune: Optional[PruneSection] = None
     decompose: Optional[DecomposeSection] = None
+    finetune: list[FinetuneStage] = []                 # [[finetune]] stages, run in order
+    train: Optional[FinetuneStage] = None              # train the baseline first when no checkpoint is given
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.train is not None and self.train.mode != "ce":
+            raise ValueError("train.mode must be \"ce\" (the baseline is trained with cross-entropy)")
+        needs = "[[finetune]]" if self.finetune else "[train]" if self.train is not None else None
+        if needs and self.data is None:
+            raise ValueError(f"{needs} needs a [data] section (the images to train on)")
+        return self
 
     @classmethod
     def from_target(cls, target: Target, prune: PruneSection | None = None,
-                    decompose: DecomposeSection | None = None) -> "Session":
+                    decompose: DecomposeSection | None = None,
+                    finetune: list[FinetuneStage] | None = None) -> "Session":
         """A session opening `target` (absolute paths) with the given pruning choices."""
         model = ModelSection(
             name=target.model, checkpoint=str(Path(target.checkpoint).resolve()) if target.checkpoint else None,
             num_classes=target.num_classes, in_channels=target.in_channels, weights=target.weights,
-            allow_pickle=target.allow_pickle,
+            trust_pickle=target.trust_pickle,
             input_size="x".join(map(str, target.input_size)) if target.input_size else None)
         return cls(model=model, data=DataSection(spec=target.data) if target.data else None, prune=prune,
-                   decompose=decompose)
+                   decompose=decompose, finetune=list(finetune or []))
 
     def resolved(self, base: Path) -> "Session":
         """The same session with the checkpoint and data paths made absolute against `base`
@@ -158,7 +171,7 @@ class Session(Section):
         checkpoint = Path(m.checkpoint) if m.checkpoint else None
         if checkpoint is not None and not checkpoint.is_file():
             raise WorkbenchError(f"model.checkpoint: {checkpoint} does not exist")
-        return Target(m.name, checkpoint, m.num_classes, m.in_channels, m.weights, m.allow_pickle,
+        return Target(m.name, checkpoint, m.num_classes, m.in_channels, m.weights, m.trust_pickle,
                       self.data.spec if self.data else None,
                       parse_input_size(m.input_size) if m.input_size else None)
 

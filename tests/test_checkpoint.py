@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import builtins
+import importlib
 import os
 import pickle
 import subprocess
+import sys
 from collections import OrderedDict
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,6 +21,7 @@ from core import demo
 from core.errors import WorkbenchError
 from core.models.checkpoint import (
     ARCH_KEY,
+    PICKLE_HINT,
     Placeholder,
     inert_load,
     load_model,
@@ -64,6 +68,40 @@ def decompose(model: nn.Module, specs: dict[str, tuple]) -> nn.Module:
     return model
 
 
+USER_NET = """
+import torch
+from torch import nn
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.body = nn.Conv2d(2, 4, 3)
+        self.head = nn.Linear(4, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.body(x)).mean((2, 3)))
+"""
+
+
+def save_user_net(folder: Path, monkeypatch, name: str = "wb_user_nets") -> tuple[nn.Module, Path]:
+    """Write a user model class to `folder/name.py`, import it and `torch.save` a random instance."""
+    (folder / f"{name}.py").write_text(USER_NET)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    net = randomise(importlib.import_module(name).TinyNet())
+    path = folder / "user_net.pth"
+    torch.save(net, path)
+    return net, path
+
+
+def assert_one_line(err: pytest.ExceptionInfo, *words: str) -> None:
+    message = str(err.value)
+    assert len(message.splitlines()) == 1, message
+    for word in words:
+        assert word in message
+
+
 DECOMPOSITION = {
     "layer1.0.conv1": ("tucker2", (5, 7), False),
     "layer2.0.conv1": ("tucker2", (9, 6), False),  # stride 2, channel-changing block
@@ -103,12 +141,18 @@ def test_unpruned_resnet56_parameter_count():
 
 
 @pytest.mark.seed
-def test_pickled_model_refused_without_allow_pickle(seeds):
-    with pytest.raises(WorkbenchError, match="--allow-pickle") as err:
-        load_model(checkpoint=seeds / CP3_FILE)
-    assert "models.resnet.ResNet" in str(err.value) and CP3_FILE in str(err.value)
-    with pytest.raises(WorkbenchError, match="--allow-pickle"):
-        read_checkpoint(seeds / CP3_FILE)
+@pytest.mark.parametrize("model", [None, "resnet56"])
+def test_pickled_cp3_model_opens_like_its_state_dict(seeds, tmp_path, model):
+    """No flag needed; the same logits as the inertly read tensors saved as a plain state dict."""
+    pickled = load_model(model, seeds / CP3_FILE)
+    assert n_params(pickled.model) == 388_766 and pickled.source == f"{CP3_FILE} (pickled model object, read inertly)"
+    plain = tmp_path / "cp3_state_dict.pth"
+    torch.save(read_checkpoint(seeds / CP3_FILE).state_dict, plain)
+    from_state_dict = load_model("resnet56", plain)
+    assert n_params(from_state_dict.model) == 388_766 and "state dict" in from_state_dict.source
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(pickled.model(x), from_state_dict.model(x))
 
 
 def _placeholder_at(root: Placeholder, path: str) -> Placeholder:
@@ -143,12 +187,12 @@ def _reference_forward(sd: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Te
 @pytest.mark.seed
 def test_pickled_cp3_model_reads_inertly(seeds):
     path = seeds / CP3_FILE
-    ckpt = read_checkpoint(path, allow_pickle=True)
-    assert ckpt.format == "reference-pickle"
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "reference-pickle" and ckpt.pickled == "models.resnet.ResNet" and ckpt.module is None
     assert ckpt.cfg == torch.load(seeds / "res56_norm.pth.tar", map_location="cpu", weights_only=True)["cfg"]
     assert len(ckpt.decomposed) == 54 and set(ckpt.decomposed.values()) == {"cp3"}
 
-    loaded = load_model(checkpoint=path, allow_pickle=True)
+    loaded = load_model(checkpoint=path)
     assert n_params(loaded.model) == 388_766
     assert loaded.arch.model == "resnet56" and loaded.arch.cfg == ckpt.cfg
     assert loaded.arch.extra["decomposed"] == ckpt.decomposed
@@ -214,39 +258,94 @@ def test_malicious_pickle_never_runs(tmp_path, zip_format):
     path = tmp_path / "evil.pth"
     torch.save(payload, path, _use_new_zipfile_serialization=zip_format)
 
-    with pytest.raises(WorkbenchError, match="--allow-pickle"):
-        read_checkpoint(path)
-    ckpt = read_checkpoint(path, allow_pickle=True)
+    ckpt = read_checkpoint(path)
     assert ckpt.format == "reference-pickle"
     assert set(ckpt.state_dict) == {"fc.weight", "fc.bias"}
     assert torch.equal(ckpt.state_dict["fc.weight"], torch.ones(3, 4))
+    with pytest.raises(WorkbenchError) as err:
+        load_model(checkpoint=path)
+    assert_one_line(err, "evil.pth", "--model", "--trust-pickle")
     evil = inert_load(path)["evil"]
     assert all(isinstance(e, Placeholder) for e in evil)
     assert [e.qualname for e in evil] == ["posix.system", "builtins.exec", "subprocess.Popen"]
     assert not any(m.exists() for m in markers)
 
 
+class _ShellModel(nn.Module):
+    """A whole pickled "model" whose unpickling would run a shell command."""
+
+    def __init__(self, marker):
+        super().__init__()
+        self.marker = marker
+
+    def __reduce_ex__(self, protocol):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickled_model_with_payload_is_refused_inertly(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "model.pth"
+    torch.save(_ShellModel(marker), path)
+    for model in (None, "resnet20"):
+        with pytest.raises(WorkbenchError) as err:
+            load_model(model, path)
+        assert_one_line(err, "model.pth", "posix.system", "--model", "--trust-pickle")
+    assert not marker.exists()
+
+
 def test_plain_pickle_with_payload_is_unreadable_and_inert(tmp_path):
     marker = tmp_path / "pwned"
     path = tmp_path / "evil.pkl"
     path.write_bytes(pickle.dumps(_RunsShell(marker), protocol=2))
-    with pytest.raises(WorkbenchError):
+    with pytest.raises(WorkbenchError) as err:
         read_checkpoint(path)
-    with pytest.raises(WorkbenchError, match="evil.pkl"):
-        read_checkpoint(path, allow_pickle=True)
+    assert_one_line(err, "evil.pkl", "--model", "--trust-pickle")
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("trust", [False, True])
 @pytest.mark.parametrize("zip_format", [True, False])
-def test_inert_reader_reads_whole_model_saves(tmp_path, zip_format):
+def test_whole_model_saves_of_known_families_rebuild(tmp_path, zip_format, trust):
     original = randomise(CifarResNet(20, cfg=PRUNED20))
     path = tmp_path / "whole.pth"
     torch.save(original, path, _use_new_zipfile_serialization=zip_format)
-    loaded = load_model(checkpoint=path, allow_pickle=True)
-    assert loaded.arch.cfg == PRUNED20
+    loaded = load_model(checkpoint=path, trust_pickle=trust)
+    assert loaded.arch.model == "resnet20" and loaded.arch.cfg == PRUNED20
+    assert loaded.model is not original and type(loaded.model) is CifarResNet
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.model(x), original(x))
+
+
+def test_user_model_class_needs_model_or_trust(tmp_path, monkeypatch):
+    original, path = save_user_net(tmp_path, monkeypatch)
+    x = torch.randn(2, 2, 9, 9)
+    with pytest.raises(WorkbenchError) as err:
+        load_model(checkpoint=path)
+    assert_one_line(err, "user_net.pth pickles a whole wb_user_nets.TinyNet, which is not a known architecture: "
+                    + PICKLE_HINT)
+    with pytest.raises(WorkbenchError) as err:
+        load_model("resnet20", path)
+    assert "--trust-pickle" in str(err.value).splitlines()[0]
+
+    by_name = load_model("wb_user_nets:TinyNet", path)  # --model: the tensors, read inertly
+    trusted = load_model(checkpoint=path, trust_pickle=True)  # the pickled object itself
+    assert trusted.arch == Arch("wb_user_nets:TinyNet", num_classes=3, in_channels=2)
+    assert "loaded with --trust-pickle: the file's own code ran" in trusted.notes
+    assert not trusted.model.training
+    saved = tmp_path / "user_net.safetensors"
+    save_model(trusted.model, trusted.arch, saved)
+    rebuilt = load_model(checkpoint=saved)
+    with torch.no_grad():
+        expected = original(x)
+        for loaded in (by_name, trusted, rebuilt):
+            assert torch.equal(loaded.model(x), expected)
+
+    monkeypatch.delitem(sys.modules, "wb_user_nets")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(tmp_path)])
+    with pytest.raises(WorkbenchError) as err:
+        load_model(checkpoint=path, trust_pickle=True)
+    assert_one_line(err, "user_net.pth", "ModuleNotFoundError", "--model", "--trust-pickle")
 
 
 # ----------------------------------------------------------------------------- decomposed state dicts
@@ -437,9 +536,9 @@ def test_unreadable_files_give_clear_errors(seeds, tmp_path):
     for name, data in cases.items():
         path = tmp_path / name
         path.write_bytes(data)
-        for allow in (False, True):
+        for trust in (False, True):
             with pytest.raises(WorkbenchError) as err:
-                load_model("resnet20", path, allow_pickle=allow)
+                load_model("resnet20", path, trust_pickle=trust)
             assert name in str(err.value) and len(str(err.value).splitlines()) == 1
     with pytest.raises(WorkbenchError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pth")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,11 +11,12 @@ import pytest
 
 from core.measure import count_flops, count_params
 from core.models.checkpoint import load_model
+from tests.test_checkpoint import save_user_net
 
 
-def run(*args: str, cwd=None) -> subprocess.CompletedProcess:
+def run(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=300)
+                          env=env, timeout=300)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -65,9 +67,25 @@ def test_bad_input_is_one_line(args, words):
     assert_one_line_error(run(*args), *words)
 
 
-def test_pickled_model_needs_opt_in(seeds):
-    assert_one_line_error(run("inspect", "--checkpoint", str(seeds / "res56_norm_cp3_model.pth.tar")),
-                          "--allow-pickle")
+def test_inspect_pickled_reference_model_without_flag(tmp_path, seeds):
+    out = tmp_path / "cp3.json"
+    result = run("inspect", "--checkpoint", str(seeds / "res56_norm_cp3_model.pth.tar"), "--json", str(out),
+                 "--no-latency")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(out.read_text())["params"] == 388_766 and "params 388,766" in result.stdout
+
+
+def test_inspect_user_model_needs_trust_pickle(tmp_path, monkeypatch):
+    original, path = save_user_net(tmp_path, monkeypatch)
+    args = ("inspect", "--checkpoint", str(path), "--input-size", "2x9x9", "--no-latency")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the class is importable, as for its user
+    assert_one_line_error(run(*args, env=env), "wb_user_nets.TinyNet", "--model", "--trust-pickle")
+    out = tmp_path / "user.json"
+    result = run(*args, "--trust-pickle", "--json", str(out), env=env)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(out.read_text())
+    assert doc["model"] == "wb_user_nets:TinyNet" and doc["params"] == count_params(original)
+    assert [layer["name"] for layer in doc["layers"]] == ["body"]
 
 
 def test_failed_inspect_leaves_existing_json_alone(tmp_path):

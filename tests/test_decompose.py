@@ -152,7 +152,7 @@ def test_apply_cp3_on_an_unpruned_network_reloads(tmp_path):
 
 def test_cp3_ranks_match_the_reference_file(seeds, decomposer):
     """The paper's own A3 output: res56_norm, then CP3 of every residual-block conv at X = 1.71."""
-    ref = read_checkpoint(seeds / "res56_norm_cp3_model.pth.tar", allow_pickle=True)
+    ref = read_checkpoint(seeds / "res56_norm_cp3_model.pth.tar")
     ref_ranks = {p: ref.state_dict[f"{p}.{p.rsplit('.', 1)[1]}-1.weight"].shape[0] for p in ref.decomposed}
     plan = decomposer.plan(DecomposeSection(method="cp3", x=1.71))
     assert {l.name: l.ranks[0] for l in plan.layers} == ref_ranks

@@ -23,16 +23,18 @@ MODEL_HELP = ("resnet20/32/44/56/110, mobilenet_v1_cifar, mobilenet_v2_cifar, a 
               "optional when the checkpoint tells")
 DATA_HELP = ("demo, or a directory: CIFAR-10/100 python batches, Fashion-MNIST idx files, ImageFolder "
              "(train/ and test/); prefix cifar10:, cifar100:, fashion-mnist:, imagefolder: to force a format")
+TRUST_HELP = ("load a whole pickled model with its own code (torch.load, only for files you trust); "
+              "without it such files are read inertly, running nothing")
 
 
-def _target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size):
+def _target(model, checkpoint, num_classes, in_channels, weights, trust_pickle, data, input_size):
     from core.overview import Target, parse_input_size
 
     if checkpoint is not None and not checkpoint.exists():
         raise WorkbenchError(f"checkpoint {checkpoint} does not exist")
     if model is None and checkpoint is None:
         raise WorkbenchError("say what to open: --model NAME and/or --checkpoint FILE (or run `workbench` for the demo)")
-    return Target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data,
+    return Target(model, checkpoint, num_classes, in_channels, weights, trust_pickle, data,
                   parse_input_size(input_size) if input_size else None)
 
 
@@ -53,7 +55,7 @@ def inspect(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1, help="classes (default: from the checkpoint)"),
     in_channels: Optional[int] = typer.Option(None, "--in-channels", min=1, help="input channels (default: from the checkpoint)"),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name, read from torch's hub cache only"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="read whole pickled models with the inert reader (no code is run)"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="CxHxW for FLOPs and latency (default: from the model family)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="also write the statistics as JSON to this file"),
@@ -62,7 +64,7 @@ def inspect(
     """Print every conv layer's weight statistics and the model's totals."""
     from workbench.inspect_view import run_inspect
 
-    run_inspect(_target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size),
+    run_inspect(_target(model, checkpoint, num_classes, in_channels, weights, trust_pickle, data, input_size),
                 json_out, latency)
 
 
@@ -73,7 +75,7 @@ def open_(
     num_classes: Optional[int] = typer.Option(None, "--num-classes", min=1),
     in_channels: Optional[int] = typer.Option(None, "--in-channels", min=1),
     weights: Optional[str] = typer.Option(None, "--weights", help="torchvision weights name, from torch's hub cache only"),
-    allow_pickle: bool = typer.Option(False, "--allow-pickle", help="read whole pickled models with the inert reader"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
     data: Optional[str] = typer.Option(None, "--data", "-d", help=DATA_HELP),
     input_size: Optional[str] = typer.Option(None, "--input-size", help="CxHxW (default: from the model family)"),
     session: Optional[Path] = typer.Option(None, "--session", "-s",
@@ -84,16 +86,16 @@ def open_(
     from core.session import load_session
     from workbench.app import Workbench
 
-    prune = None
+    prune = decompose = finetune = None
     if session is not None:
         if not session.is_file():
             raise WorkbenchError(f"session file {session} does not exist")
         loaded = load_session(session).resolved(session.resolve().parent)
-        target, prune = loaded.target(), loaded.prune
+        target, prune, decompose, finetune = loaded.target(), loaded.prune, loaded.decompose, loaded.finetune
     else:
-        target = _target(model, checkpoint, num_classes, in_channels, weights, allow_pickle, data, input_size)
+        target = _target(model, checkpoint, num_classes, in_channels, weights, trust_pickle, data, input_size)
     opened = open_target(target)  # fail here, before the screen takes over the terminal
-    Workbench(target, opened=opened, prune=prune, session_path=session).run()
+    Workbench(target, opened=opened, prune=prune, decompose=decompose, finetune=finetune, session_path=session).run()
 
 
 @cli.command()
@@ -101,13 +103,15 @@ def replay(
     session: Path = typer.Argument(..., help="session file (.toml)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="run directory (default: runs/<session name>)"),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="measure CPU latency of every step"),
+    resume: bool = typer.Option(False, "--resume", help="continue the fine-tuning run in --out from its checkpoint"),
 ) -> None:
-    """Run a session file headless: prune, decompose, measure each step, write the run directory."""
+    """Run a session file headless: prune, decompose, fine-tune, measure each step, write the
+    run directory. Under torchrun the fine-tuning runs on every process (DDP)."""
     from workbench.replay_view import run_replay
 
     if not session.is_file():
         raise WorkbenchError(f"session file {session} does not exist")
-    run_replay(session, out or Path("runs") / session.stem, latency)
+    run_replay(session, out or Path("runs") / session.stem, latency, resume)
 
 
 def main(argv: list[str] | None = None) -> None:

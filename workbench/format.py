@@ -34,3 +34,11 @@ def shape(s) -> str:
 
 def percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
+
+
+def duration(seconds: float | None) -> str:
+    """Seconds as h:mm:ss ('-' when unknown)."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

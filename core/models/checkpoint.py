@@ -3,9 +3,10 @@
 Formats read: safetensors (ours carry the `Arch` as JSON in the metadata key
 `workbench_arch`); torch files (zip or legacy, CUDA-saved or not) holding a state dict, a
 wrapper such as `{'state_dict': ...}` or the reference `{'cfg': [...], 'state_dict': ...}`;
-and, only on request, files that pickle whole model objects. Those are read by an inert
-unpickler that knows torch's tensor-rebuild functions and a few containers and turns every
-other class into a `Placeholder` that only stores data, so no code named by the file runs.
+and files that pickle whole model objects. Those are read by an inert unpickler that knows
+torch's tensor-rebuild functions and a few containers and turns every other class into a
+`Placeholder` that only stores data, so no code named by the file runs; only `trust_pickle`
+loads them with their own code (`torch.load(weights_only=False)`).
 
 Decomposed convs are recognised by their keys `<path>.<name>-0/-1/-2.weight` (Tucker-2 or
 CP3, see METHOD.md) and rebuilt as `nn.Sequential` from the tensor shapes.
@@ -42,7 +43,14 @@ FORMATS = {
     "reference-pruned": "reference pruned cfg+state_dict",
     "safetensors": "safetensors",
     "reference-pickle": "pickled model object, read inertly",
+    "trusted-pickle": "pickled model object, loaded with its own code",
 }
+FORMAT_NOTES = {
+    "reference-pickle": "read with the inert unpickler: no code from the file ran",
+    "trusted-pickle": "loaded with --trust-pickle: the file's own code ran",
+}
+TRUST_HINT = "if the class needs its own code, --trust-pickle"
+PICKLE_HINT = f"pass --model NAME (the architecture, e.g. resnet56) or, {TRUST_HINT}"
 KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3", "svd": "truncated-SVD"}
 MAX_DETAIL_LINES = 20
 _DECOMPOSED_KEY = re.compile(r"^((?:.+\.)?([^.]+))\.\2-0\.weight$")
@@ -57,6 +65,8 @@ class Checkpoint:
     cfg: list[int] | None = None
     arch: Arch | None = None
     decomposed: dict[str, str] = field(default_factory=dict)
+    pickled: str | None = None  # class of the pickled model object the tensors came from
+    module: nn.Module | None = None  # that object itself, when loaded with trust_pickle
 
 
 @dataclass
@@ -178,8 +188,9 @@ def _module_tensors(obj: Placeholder, prefix: str = "", seen: set | None = None)
 # ----------------------------------------------------------------------------- reading
 
 
-def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
-    """The tensors of `path` (safetensors or torch file); pickled objects only with `allow_pickle`."""
+def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
+    """The tensors of `path` (safetensors or torch file). Pickled objects that safe loading
+    refuses are read inertly, or with `trust_pickle` by torch.load running their code."""
     path = Path(path)
     if not path.is_file():
         raise WorkbenchError(f"checkpoint {path} does not exist: check the path")
@@ -189,22 +200,30 @@ def read_checkpoint(path: str | Path, allow_pickle: bool = False) -> Checkpoint:
         return _read_safetensors(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-        inert = False
     except Exception as exc:  # torch raises many types for foreign or damaged files
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
         if refused is None:
             raise _unreadable(path, exc) from None
-        if not allow_pickle:
-            raise WorkbenchError(
-                f"{path} holds pickled Python objects ({refused.group(1)}), which safe loading refuses; "
-                "pass --allow-pickle to read its tensors with the inert reader (no code is run)"
-            ) from None
+    else:
+        return _unwrap(obj, path, None)
+    if not trust_pickle:
         try:
             obj = inert_load(path)
-        except Exception as exc2:
-            raise _unreadable(path, exc2) from None
-        inert = True
-    return _unwrap(obj, path, inert)
+        except Exception as exc:
+            raise WorkbenchError(
+                f"cannot read the pickled {refused.group(1)} of {path} inertly: the file is damaged or not a "
+                f"PyTorch checkpoint ({_first_line(exc)}); re-export it, or {PICKLE_HINT}"
+            ) from None
+        return _unwrap(obj, path, "reference-pickle")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # the file's own code failed, or the file is damaged
+        raise WorkbenchError(
+            f"--trust-pickle could not load the pickled {refused.group(1)} of {path} ({_first_line(exc)}): "
+            "put its code on PYTHONPATH, or pass --model NAME (the architecture, e.g. resnet56) "
+            "without --trust-pickle to read its tensors inertly"
+        ) from None
+    return _unwrap(obj, path, "trusted-pickle")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -226,27 +245,37 @@ def _read_safetensors(path: Path) -> Checkpoint:
     return _checkpoint(tensors, "safetensors", arch.cfg if arch else None, arch)
 
 
+def _first_line(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+
+
 def _unreadable(path: Path, exc: Exception) -> WorkbenchError:
-    detail = (str(exc).strip().splitlines() or [""])[0][:200]
     return WorkbenchError(
         f"cannot read {path}: it is not a PyTorch or safetensors checkpoint, or it is damaged "
-        f"({type(exc).__name__}: {detail}); check the path or re-export the file"
+        f"({_first_line(exc)}); check the path or re-export the file"
     )
 
 
-def _unwrap(obj: object, path: Path, inert: bool) -> Checkpoint:
-    """Find the tensors in a loaded object: a state dict, a wrapper dict or a pickled module."""
+def _unwrap(obj: object, path: Path, fmt: str | None) -> Checkpoint:
+    """Find the tensors in a loaded object: a state dict, a wrapper dict or a pickled module
+    (`fmt`: the pickle format the object was read with, None for safe loading)."""
     cfg, wrapped = None, False
     for _ in range(3):
         if not isinstance(obj, dict):
             break
         cfg = cfg if cfg is not None else obj.get("cfg")
         keys = ("state_dict", "model", "net")
-        inner = next((obj[k] for k in keys if isinstance(obj.get(k), (dict, Placeholder))), None)
+        inner = next((obj[k] for k in keys if isinstance(obj.get(k), (dict, Placeholder, nn.Module))), None)
         if inner is None:
             break
         obj, wrapped = inner, True
-    if isinstance(obj, Placeholder):
+    pickled, module = None, None
+    if isinstance(obj, nn.Module):
+        module, pickled = obj, f"{type(obj).__module__}.{type(obj).__qualname__}"
+        cfg = cfg if cfg is not None else getattr(obj, "cfg", None)
+        tensors = dict(obj.state_dict())
+    elif isinstance(obj, Placeholder):
+        pickled = obj.qualname
         if cfg is None and isinstance(obj.state, dict):
             cfg = obj.state.get("cfg")
         tensors = dict(_module_tensors(obj))
@@ -255,19 +284,18 @@ def _unwrap(obj: object, path: Path, inert: bool) -> Checkpoint:
     else:
         tensors = {}
     if not tensors:
-        raise WorkbenchError(f"{path} holds no model tensors ({type(obj).__name__}): pass a checkpoint with weights")
+        hint = PICKLE_HINT if fmt == "reference-pickle" else "pass a checkpoint with weights"
+        raise WorkbenchError(f"{path} holds no model tensors ({pickled or type(obj).__name__}): {hint}")
     cfg = [int(c) for c in cfg] if isinstance(cfg, (list, tuple)) and all(isinstance(c, int) for c in cfg) else None
-    if inert:
-        fmt = "reference-pickle"
-    else:
-        fmt = ("reference-pruned" if cfg else "wrapped") if wrapped else "state_dict"
-    return _checkpoint(tensors, fmt, cfg, None)
+    fmt = fmt or (("reference-pruned" if cfg else "wrapped") if wrapped else "state_dict")
+    return _checkpoint(tensors, fmt, cfg, None, pickled, module)
 
 
-def _checkpoint(tensors: dict[str, torch.Tensor], fmt: str, cfg: list[int] | None, arch: Arch | None) -> Checkpoint:
+def _checkpoint(tensors: dict[str, torch.Tensor], fmt: str, cfg: list[int] | None, arch: Arch | None,
+                pickled: str | None = None, module: nn.Module | None = None) -> Checkpoint:
     if all(k.startswith("module.") for k in tensors):
         tensors = {k[len("module."):]: v for k, v in tensors.items()}
-    return Checkpoint(tensors, fmt, cfg, arch, decomposed_convs(tensors))
+    return Checkpoint(tensors, fmt, cfg, arch, decomposed_convs(tensors), pickled, module)
 
 
 def decomposed_convs(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
@@ -300,12 +328,13 @@ def load_model(
     num_classes: int | None = None,
     in_channels: int | None = None,
     weights: str | None = None,
-    allow_pickle: bool = False,
+    trust_pickle: bool = False,
 ) -> Loaded:
     """Build `model` (or the architecture the checkpoint implies) and load the checkpoint into it.
 
     Checks every tensor's name and shape first and raises one WorkbenchError listing the
-    misfits. The model is returned in eval mode.
+    misfits. With `trust_pickle`, a pickled model object of no known architecture is itself
+    the model. The model is returned in eval mode.
     """
     base = None
     if model == zoo.DEMO:
@@ -316,15 +345,23 @@ def load_model(
         if checkpoint is not None or not model:
             raise WorkbenchError("--weights needs --model and no --checkpoint (the weights file is the checkpoint)")
         checkpoint = zoo.pretrained_file(model, weights)
-    ckpt = read_checkpoint(checkpoint, allow_pickle) if checkpoint is not None else None
+    ckpt = read_checkpoint(checkpoint, trust_pickle) if checkpoint is not None else None
     sd = ckpt.state_dict if ckpt else {}
     if ckpt and ckpt.arch and model in (None, ckpt.arch.model):
         base = ckpt.arch
     name = model or (base.model if base else None) or _cifar_family(sd)
+    inert = ckpt is not None and ckpt.format == "reference-pickle"
+    if name is None and ckpt and ckpt.module is not None:
+        return _trusted_module(ckpt, Path(checkpoint).name, num_classes, in_channels)
+    if name is None and inert and ckpt.pickled:
+        raise WorkbenchError(
+            f"{Path(checkpoint).name} pickles a whole {ckpt.pickled}, which is not a known architecture: {PICKLE_HINT}"
+        )
     if name is None:
         what = f"the architecture of {checkpoint}" if checkpoint is not None else "which model to build"
-        raise WorkbenchError(f"cannot tell {what}: pass --model")
+        raise WorkbenchError(f"cannot tell {what}: {PICKLE_HINT if inert else 'pass --model'}")
 
+    or_trust = f" or, {TRUST_HINT}" if inert else ""
     notes = []
     classes = num_classes or (None if ":" in name else _num_classes(sd, notes)) or (base.num_classes if base else None)
     channels = in_channels or _in_channels(sd) or (base.in_channels if base else 3)
@@ -340,7 +377,7 @@ def load_model(
     try:
         net = zoo.build(arch)
     except ValueError as exc:
-        raise WorkbenchError(f"cannot build {name} for {checkpoint}: {exc}; pass the right --model") from None
+        raise WorkbenchError(f"cannot build {name} for {checkpoint}: {exc}; pass the right --model{or_trust}") from None
     if arch.extra.get("pruning_history"):
         from core.prune.surgery import rebuild_structure  # lazy: core.prune imports this package
 
@@ -357,12 +394,25 @@ def load_model(
             count = sum(1 for k in rebuilt.values() if k == kind)
             if count:
                 notes.append(f"{count} layers rebuilt as {label} sequences")
-    _check_fit(net, sd, Path(checkpoint).name, name)
+    _check_fit(net, sd, Path(checkpoint).name, name, or_trust)
     net.load_state_dict(sd, strict=False)
-    if ckpt.format == "reference-pickle":
-        notes.append("read with the inert unpickler: no code from the file ran")
+    if ckpt.format in FORMAT_NOTES:
+        notes.append(FORMAT_NOTES[ckpt.format])
     source = f"{Path(checkpoint).name} ({f'torchvision {weights} weights' if weights else FORMATS[ckpt.format]})"
     return Loaded(net.eval(), arch, source, notes)
+
+
+def _trusted_module(ckpt: Checkpoint, file_name: str, num_classes: int | None, in_channels: int | None) -> Loaded:
+    """The model object a trusted pickle holds, described by its class as a factory `module:Class`."""
+    cls, notes = type(ckpt.module), []
+    arch = Arch(
+        model=f"{cls.__module__}:{cls.__qualname__}",
+        num_classes=num_classes or _num_classes(ckpt.state_dict, notes),
+        in_channels=in_channels or _in_channels(ckpt.state_dict) or 3,
+        extra={"decomposed": ckpt.decomposed} if ckpt.decomposed else {},
+    )
+    notes.append(FORMAT_NOTES[ckpt.format])
+    return Loaded(ckpt.module.eval(), arch, f"{file_name} ({FORMATS[ckpt.format]})", notes)
 
 
 def _demo_weights() -> Path:
@@ -449,8 +499,10 @@ def rebuild_decomposed(model: nn.Module, sd: dict[str, torch.Tensor], decomposed
     return done
 
 
-def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], file_name: str, model_name: str) -> None:
-    """Raise one WorkbenchError listing every missing, unexpected or other-shaped tensor."""
+def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], file_name: str, model_name: str,
+               or_trust: str = "") -> None:
+    """Raise one WorkbenchError listing every missing, unexpected or other-shaped tensor
+    (`or_trust`: the --trust-pickle hint added to the advice for pickled files)."""
     expected = model.state_dict()
     optional = "num_batches_tracked"  # BN counters: older files lack them
     missing = [f"  {k}: missing from the checkpoint" for k in expected if k not in sd and not k.endswith(optional)]
@@ -470,7 +522,7 @@ def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], file_name: str, mo
         lines = lines[:MAX_DETAIL_LINES] + [f"  ... and {len(lines) - MAX_DETAIL_LINES} more"]
     raise WorkbenchError(
         f"checkpoint {file_name} does not fit model {model_name}: {', '.join(counts)}; "
-        "pass the right --model / --num-classes\n" + "\n".join(lines)
+        f"pass the right --model / --num-classes{or_trust}\n" + "\n".join(lines)
     )
 
 
