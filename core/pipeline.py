@@ -15,7 +15,7 @@ from typing import Callable
 
 from core.atomic import atomic_path, write_json
 from core.errors import WorkbenchError
-from core.finetune.rundir import BASELINE_CHECKPOINT, CHECKPOINT, RunWriter
+from core.finetune.rundir import BASELINE_CHECKPOINT, CHECKPOINT, STATUS, RunWriter
 from core.finetune.trainer import Placement, Stopped, Trainer, load_checkpoint
 from core.models.checkpoint import Loaded, load_model, save_model
 from core.models.zoo import is_cifar_family
@@ -143,7 +143,8 @@ def write_report(out: Path, report: dict) -> None:
 
 
 def _check_out(out: Path, session: Session, resume: bool) -> None:
-    """Refuse to clobber a training run, and to resume one from another session."""
+    """Refuse to clobber a training run, and to resume one from another session. A run killed
+    before its first checkpoint resumes by starting over."""
     frozen = out / "session.toml"
     started = [name for name in (CHECKPOINT, BASELINE_CHECKPOINT) if (out / name).exists()]
     if not resume:
@@ -151,8 +152,8 @@ def _check_out(out: Path, session: Session, resume: bool) -> None:
             raise WorkbenchError(f"{out} holds a training run already ({started[0]}): pass --resume to continue "
                                  "it, or choose another --out")
         return
-    if not started:
-        raise WorkbenchError(f"nothing to resume in {out}: no {CHECKPOINT} (run without --resume)")
+    if not started and not (out / STATUS).is_file():
+        raise WorkbenchError(f"nothing to resume in {out}: no run was started there (run without --resume)")
     if frozen.is_file() and frozen.read_text() != dump_session(session):
         raise WorkbenchError(f"{out} was started from a different session than this one: "
                              "resume with the same session file, or choose another --out")
