@@ -3,6 +3,7 @@ crash or a full disk never leaves a half-written file where a good one was."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import tempfile
@@ -13,15 +14,41 @@ from typing import Iterator
 from core.errors import WorkbenchError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's process
+        return True
+    return True
+
+
+def _sweep(path: Path) -> None:
+    """Remove the temp files of `path` that writers killed mid-write (kill -9, power loss)
+    left behind: `.NAME.PID.*.tmp` whose process is gone."""
+    prefix = f".{path.name}."
+    for old in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = old.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            try:
+                old.unlink()
+            except OSError:
+                pass
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; on success it replaces `path` (with the
-    usual umask permissions), on any failure it is removed and `path` is left untouched."""
+    usual umask permissions), on any failure it is removed and `path` is left untouched.
+    The temp name carries the writer's pid, so the next write of `path` removes what a
+    killed writer left."""
     path = Path(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _sweep(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
         os.close(fd)
         yield Path(tmp)
         umask = os.umask(0)

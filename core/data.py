@@ -349,11 +349,13 @@ def _image_folder(root: Path, transform) -> datasets.ImageFolder:
     if not root.is_dir() or not any(p.is_dir() for p in root.iterdir()):
         raise WorkbenchError(f"{root} has no class folders; put the images in {root}/<class name>/")
     try:
-        return datasets.ImageFolder(str(root), transform=transform, loader=_load_image)
+        folder = datasets.ImageFolder(str(root), transform=transform, loader=_load_image)
     except FileNotFoundError:
         empty = [d.name for d in sorted(root.iterdir()) if d.is_dir() and not any(
             f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS) for f in d.rglob("*"))]
         raise WorkbenchError(f"{root}: class folder(s) {', '.join(empty)} hold no images; add images or remove the folder(s)") from None
+    _load_image(folder.samples[0][0])  # a folder of non-images fails now, before anything is written
+    return folder
 
 
 def _imagefolder(path: Path, seed: int, augment: bool, image_size: int) -> DataSplits:

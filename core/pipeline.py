@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pydantic import ValidationError
+
 from core.atomic import atomic_path, write_json
 from core.errors import WorkbenchError
 from core.finetune.rundir import BASELINE_CHECKPOINT, CHECKPOINT, STATUS, RunWriter
@@ -23,7 +25,7 @@ from core.overview import Opened, measure_costs, open_target, test_accuracy
 from core.decompose.plan import DecomposePlan, Decomposer, apply_decomposition
 from core.prune.plan import PrunePlan, Planner
 from core.prune.surgery import apply_pruning, save_reference_format
-from core.session import Session, dump_session, load_session, save_session
+from core.session import DataSection, Session, dump_session, load_session, save_session, _first_error as first_error
 from core.stats import conv_layers
 
 Progress = Callable[[str], None]
@@ -159,12 +161,35 @@ def _check_out(out: Path, session: Session, resume: bool) -> None:
                              "resume with the same session file, or choose another --out")
 
 
+def override_session(session: Session, data: str | None = None, checkpoint: str | Path | None = None,
+                     source: str = "session") -> Session:
+    """The (resolved) session with its `[data] spec` and/or `[model] checkpoint` replaced (a
+    missing `[data]` is created); relative paths are taken from the current folder. The
+    result is validated again as a whole: a conflict is one WorkbenchError line."""
+    update = {}
+    if data is not None:
+        update["data"] = DataSection(spec=str(data))
+    if checkpoint is not None:
+        update["model"] = session.model.model_copy(update={"checkpoint": str(checkpoint)})
+    if not update:
+        return session
+    # the other paths are absolute already, so resolving again only touches the new ones
+    session = session.model_copy(update=update).resolved(Path.cwd())
+    try:
+        return Session.model_validate(session.model_dump())
+    except ValidationError as exc:
+        raise WorkbenchError(f"{source} with --data/--checkpoint: {first_error(exc)}") from None
+
+
 def replay(path: Path, out: Path, latency: bool = True, progress: Progress | None = None,
-           resume: bool = False, on_event: Events | None = None) -> Run:
+           resume: bool = False, on_event: Events | None = None, data: str | None = None,
+           checkpoint: str | Path | None = None) -> Run:
     """Run the session at `path` and write the run directory `out` (on rank 0 only when
-    torchrun started several processes). `on_event` receives every training event."""
+    torchrun started several processes). `on_event` receives every training event. `data`
+    and `checkpoint` replace the session's `[data] spec` and `[model] checkpoint` (relative
+    paths from the current folder); the frozen session.toml holds the replaced values."""
     say = progress or (lambda what: None)
-    session = load_session(path).resolved(Path(path).resolve().parent)
+    session = override_session(load_session(path).resolved(Path(path).resolve().parent), data, checkpoint, str(path))
     _check_out(out, session, resume)
     place = Placement.detect()
     say("opening the model")

@@ -8,13 +8,19 @@ rank 0 prints."""
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
+from core.errors import WorkbenchError
 from core.finetune.trainer import Stopped, distributed
 from core.pipeline import replay
 from workbench.format import count, duration, num, percent
@@ -25,7 +31,13 @@ def _losses(event: dict) -> str:
 
 
 def plain_line(event: dict) -> str | None:
-    """The log line of a fine-tuning event (None for events not worth a line)."""
+    """The log line of a training event (None for events not worth a line); baseline training
+    (a session's `[train]`) is prefixed `baseline`."""
+    line = _line(event)
+    return f"baseline {line}" if line and event.get("phase") == "baseline" else line
+
+
+def _line(event: dict) -> str | None:
     kind = event.get("event")
     if kind == "stage":
         return f"stage {event['stage'] + 1}/{event['stages']} ({event['mode']}): {event['epochs']} epochs of " \
@@ -61,6 +73,7 @@ class LiveProgress:
                 if task is not None:
                     p.remove_task(task)
             label = f"stage {event['stage'] + 1}/{event['stages']} {event['mode']}"
+            label = f"baseline {label}" if event.get("phase") == "baseline" else label
             self.epochs = p.add_task(f"{label} epochs", total=event["epochs"], info="")
             self.batches = p.add_task("batches", total=event["steps_per_epoch"], info="")
         elif kind == "step" and self.batches is not None:
@@ -76,10 +89,13 @@ class LiveProgress:
                 p.console.print(line)
 
 
-def run_replay(session: Path, out: Path, latency: bool, resume: bool = False) -> None:
+def run_replay(session: Path, out: Path, latency: bool, resume: bool = False, data: str | None = None,
+               checkpoint: Path | None = None):
+    """Replay one session into `out` with progress and the steps table; returns the Run."""
     out_console, err = Console(), Console(stderr=True)
     quiet = int(os.environ.get("RANK", "0")) != 0  # torchrun: only rank 0 prints
     start = time.perf_counter()
+    given = {"data": data, "checkpoint": checkpoint}
 
     def stamp(text: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
@@ -87,21 +103,110 @@ def run_replay(session: Path, out: Path, latency: bool, resume: bool = False) ->
     with distributed():
         try:
             if quiet:
-                run = replay(session, out, latency, resume=resume)
+                run = replay(session, out, latency, resume=resume, **given)
             elif err.is_terminal:
                 live = LiveProgress(err)
                 with live.progress:
-                    run = replay(session, out, latency, lambda what: live.progress.console.print(what), resume, live)
+                    run = replay(session, out, latency, lambda what: live.progress.console.print(what), resume, live,
+                                 **given)
             else:
                 run = replay(session, out, latency, stamp, resume,
-                             lambda event: (line := plain_line(event)) and stamp(line))
+                             lambda event: (line := plain_line(event)) and stamp(line), **given)
         except Stopped as exc:
-            raise Stopped(f"{exc}; checkpoint in {out}: continue with `workbench replay {session} --out {out} "
-                          "--resume`") from None
+            again = "".join(f" --{k} {shlex.quote(str(v))}" for k, v in given.items() if v is not None)
+            raise Stopped(f"{exc}; checkpoint in {out}: continue with `workbench replay {session} --out {out}"
+                          f"{again} --resume`") from None
     if quiet:
-        return
+        return run
     out_console.print(steps_table(run.report["steps"], f"{session} -> {out}"))
     out_console.print(f"wrote {out / 'report.json'} in {time.perf_counter() - start:.1f} s")
+    return run
+
+
+def queue_dirs(sessions: list[Path], parent: Path) -> list[Path]:
+    """One run directory per queued session, `parent/<session stem>`; sessions sharing a stem
+    get `-2`, `-3`, ... in queue order, never a name another session's stem takes."""
+    stems = [s.stem for s in sessions]
+    used: set[str] = set()
+    dirs = []
+    for stem in stems:
+        name, n = stem, 2
+        while name in used or (name != stem and name in stems):
+            name, n = f"{stem}-{n}", n + 1
+        used.add(name)
+        dirs.append(parent / name)
+    return dirs
+
+
+@dataclass
+class Outcome:
+    """How one queued session ended: ok, failed or stopped, with its last step or its error."""
+
+    session: Path
+    out: Path
+    state: str
+    step: dict | None = None
+    error: str | None = None
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def run_queue(sessions: list[Path], parent: Path | None, latency: bool, resume: bool = False,
+              data: str | None = None, checkpoint: Path | None = None) -> int:
+    """Replay the sessions in turn, each into its own run directory (`parent/<stem>`, default
+    runs/<stem>). A failure or a stop is reported in one line and the queue goes on; a
+    summary table ends it. Returns the exit code: 0 all ok, 3 only stops, else 2."""
+    quiet = int(os.environ.get("RANK", "0")) != 0
+    dirs = queue_dirs(sessions, parent or Path("runs"))
+    outcomes: list[Outcome] = []
+    with distributed():  # one process group for the whole queue under torchrun
+        for i, (session, out) in enumerate(zip(sessions, dirs), 1):
+            if not quiet:
+                print(f"[{i}/{len(sessions)}] {session} -> {out}", flush=True)
+            try:
+                if not session.is_file():
+                    raise WorkbenchError(f"session file {session} does not exist")
+                run = run_replay(session, out, latency, resume, data, checkpoint)
+                outcomes.append(Outcome(session, out, "ok", run.report["steps"][-1]))
+            except KeyboardInterrupt:
+                outcomes.append(Outcome(session, out, "stopped", error="interrupted"))
+                if not quiet:
+                    Console().print(queue_table(outcomes))
+                raise
+            except Exception as exc:  # noqa: BLE001 - user code too: one line, then the next session
+                state = "stopped" if isinstance(exc, Stopped) else "failed"
+                outcomes.append(Outcome(session, out, state, error=_one_line(exc)))
+                if not quiet:
+                    line = outcomes[-1].error
+                    print(f"error: {line if str(session) in line else f'{session}: {line}'}", file=sys.stderr,
+                          flush=True)
+    if not quiet:
+        table = queue_table(outcomes)
+        console = Console()
+        if not console.is_terminal:  # a log file: as wide as the table needs, never wrapped
+            wide = Measurement.get(console, console.options.update_width(1000), table).maximum
+            console = Console(width=max(80, wide))
+        console.print(table)
+    states = {o.state for o in outcomes}
+    return 0 if states == {"ok"} else 3 if "failed" not in states else 2
+
+
+def queue_table(outcomes: list[Outcome]) -> Table:
+    """One row per queued session: its run directory, state, and final step (or its error)."""
+    table = Table(title=f"{len(outcomes)} sessions", header_style="bold")
+    for col in ("session", "run dir", "state", "final step", "params", "FLOPs", "acc", "error"):
+        table.add_column(col, justify="right" if col in ("params", "FLOPs", "acc") else "left")
+    style = {"ok": "green", "failed": "bold red", "stopped": "yellow"}
+    for o in outcomes:
+        s = o.step or {}
+        table.add_row(str(o.session), str(o.out), Text(o.state, style=style[o.state]), s.get("name", "-"),
+                      f"{s['params']:,}" if s.get("params") is not None else "-", count(s.get("flops")),
+                      percent(s.get("accuracy")),
+                      o.error or "")
+    return table
 
 
 def steps_table(steps: list[dict], title: str) -> Table:

@@ -49,8 +49,8 @@ FORMAT_NOTES = {
     "reference-pickle": "read with the inert unpickler: no code from the file ran",
     "trusted-pickle": "loaded with --trust-pickle: the file's own code ran",
 }
-TRUST_HINT = "if the class needs its own code, --trust-pickle"
-PICKLE_HINT = f"pass --model NAME (the architecture, e.g. resnet56) or, {TRUST_HINT}"
+TRUST_HINT = "if the class needs its own code, --trust-pickle (in a session: trust_pickle = true under [model])"
+PICKLE_HINT = f"pass --model NAME (the architecture, e.g. resnet56; in a session: [model] name) or, {TRUST_HINT}"
 KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3", "svd": "truncated-SVD"}
 MAX_DETAIL_LINES = 20
 _DECOMPOSED_KEY = re.compile(r"^((?:.+\.)?([^.]+))\.\2-0\.weight$")
