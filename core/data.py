@@ -354,8 +354,21 @@ def _image_folder(root: Path, transform) -> datasets.ImageFolder:
         empty = [d.name for d in sorted(root.iterdir()) if d.is_dir() and not any(
             f.is_file() and f.name.lower().endswith(IMG_EXTENSIONS) for f in d.rglob("*"))]
         raise WorkbenchError(f"{root}: class folder(s) {', '.join(empty)} hold no images; add images or remove the folder(s)") from None
-    _load_image(folder.samples[0][0])  # a folder of non-images fails now, before anything is written
+    _check_decodes(folder)
     return folder
+
+
+def _check_decodes(folder: datasets.ImageFolder, first: int = 4) -> None:
+    """A folder none of whose first images decodes holds no images (text files named .png, ...):
+    say so now, before anything is written. One bad image among good ones fails when read."""
+    problem = None
+    for path, _ in folder.samples[:first]:
+        try:
+            _load_image(path)
+            return
+        except WorkbenchError as e:
+            problem = problem or e
+    raise problem
 
 
 def _imagefolder(path: Path, seed: int, augment: bool, image_size: int) -> DataSplits:

@@ -9,6 +9,7 @@ and gain one entry per step run (`pruned`, `decomposed`, `finetune:<mode>` per s
 from __future__ import annotations
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +18,8 @@ from pydantic import ValidationError
 
 from core.atomic import atomic_path, write_json
 from core.errors import WorkbenchError
-from core.finetune.rundir import BASELINE_CHECKPOINT, CHECKPOINT, STATUS, RunWriter
+from core.finetune.rundir import BASELINE_CHECKPOINT, CHECKPOINT, STATUS, RunWriter, is_alive, read_status
+from core.finetune.segments import resolve_pivots
 from core.finetune.trainer import Placement, Stopped, Trainer, load_checkpoint
 from core.models.checkpoint import Loaded, load_model, save_model
 from core.models.zoo import is_cifar_family
@@ -25,7 +27,7 @@ from core.overview import Opened, measure_costs, open_target, test_accuracy
 from core.decompose.plan import DecomposePlan, Decomposer, apply_decomposition
 from core.prune.plan import PrunePlan, Planner
 from core.prune.surgery import apply_pruning, save_reference_format
-from core.session import DataSection, Session, dump_session, load_session, save_session, _first_error as first_error
+from core.session import DataSection, Session, dump_session, load_session, save_session, first_error
 from core.stats import conv_layers
 
 Progress = Callable[[str], None]
@@ -147,6 +149,10 @@ def write_report(out: Path, report: dict) -> None:
 def _check_out(out: Path, session: Session, resume: bool) -> None:
     """Refuse to clobber a training run, and to resume one from another session. A run killed
     before its first checkpoint resumes by starting over."""
+    status = read_status(out)
+    if is_alive(status) and status["pid"] != os.getpid():
+        raise WorkbenchError(f"{out} is being written by another replay (pid {status['pid']}): wait for it, "
+                             "stop it, or pick another --out")
     frozen = out / "session.toml"
     started = [name for name in (CHECKPOINT, BASELINE_CHECKPOINT) if (out / name).exists()]
     if not resume:
@@ -195,9 +201,9 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
     say("opening the model")
     opened = open_target(session.target())
     train = session.train is not None and session.model.checkpoint is None
-    if train and session.prune is not None:  # a bad layer name fails now, not after training
-        Planner(opened.model, opened.loaded.arch, opened.input_shape, coupled=session.prune.coupled,
-                ignore=session.prune.ignore).plan(session.prune)
+    if train:  # bad layer names or pivots fail now, not after training the baseline
+        say("checking the compression steps on the untrained model")
+        _check_pivots(session, *_compress_structure(session, opened))
     writer = None
 
     def emit(event: dict) -> None:
@@ -213,6 +219,7 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
                 save_session(session, out / "session.toml")
             opened = _train_baseline(opened, session.train, out, resume, place, emit, say)
         run = run_session(session, latency, progress, opened)
+        _check_pivots(session, run.compressed.model, run.compressed.loaded.arch)
         if place.main:  # the compression is computed and valid: write it
             writer = writer or RunWriter(out)
             say(f"writing {out}")
@@ -236,6 +243,29 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
             writer.close("failed", str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}")
         raise
     return run
+
+
+def _compress_structure(session: Session, opened: Opened):
+    """The compressed (model, arch) the session asks for, without measuring anything."""
+    model, arch, shape = opened.model, opened.loaded.arch, opened.input_shape
+    if session.prune is not None:
+        p = session.prune
+        plan = Planner(model, arch, shape, coupled=p.coupled, ignore=p.ignore).plan(p)
+        model, arch = apply_pruning(model, arch, plan.keep(), shape)
+    if session.decompose is not None:
+        decomposer = Decomposer(model, arch, shape)
+        model, arch = apply_decomposition(model, arch, decomposer.plan(session.decompose), decomposer)
+    return model, arch
+
+
+def _check_pivots(session: Session, model, arch) -> None:
+    """Resolve every aux stage's pivots on the model it will train (one line if they do not fit)."""
+    for index, stage in enumerate(session.finetune):
+        if stage.mode == "aux":
+            try:
+                resolve_pivots(model, arch, stage)
+            except WorkbenchError as exc:
+                raise WorkbenchError(f"finetune.{index}: {exc}") from None
 
 
 def _train_baseline(opened: Opened, stage, out: Path, resume: bool, place: Placement, emit: Events,

@@ -176,7 +176,7 @@ class Session(Section):
                       parse_input_size(m.input_size) if m.input_size else None)
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
     msg = err["msg"].removeprefix("Value error, ")
@@ -200,7 +200,7 @@ def parse_session(text: str, source: str = "session") -> Session:
     try:
         return Session.model_validate(raw)
     except ValidationError as exc:
-        raise WorkbenchError(f"{source}: {_first_error(exc)}") from None
+        raise WorkbenchError(f"{source}: {first_error(exc)}") from None
 
 
 def load_session(path: str | Path) -> Session:

@@ -14,9 +14,9 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -31,7 +31,7 @@ LOCKED = "is being written by another replay"
 
 def workbench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workbench", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, check=False)
 
 
 def start(session: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -99,9 +99,9 @@ def bad(tmp_path_factory) -> Path:
     code = f / "code"
     code.mkdir()
     (code / "wb_hardening_nets.py").write_text(USER_NET)
-    saved = subprocess.run([sys.executable, "-c", "import sys, torch, wb_hardening_nets as m; "
-                            "torch.save(m.TinyNet(), sys.argv[1])", str(f / "user_model.pth")],
-                           env={**ENV, "PYTHONPATH": str(code)}, capture_output=True, text=True)
+    save = "import sys, torch, wb_hardening_nets as m; torch.save(m.TinyNet(), sys.argv[1])"
+    saved = subprocess.run([sys.executable, "-c", save, str(f / "user_model.pth")],
+                           env={**ENV, "PYTHONPATH": str(code)}, capture_output=True, text=True, check=False)
     assert saved.returncode == 0, saved.stderr
     (f / "empty").mkdir()
     (f / "random").mkdir()
@@ -170,22 +170,7 @@ class Case:
     build: Build
     culprit: tuple[str, ...]  # what the error line must name (@F: the bad-files folder)
     detail: bool = False      # indented detail lines may follow (a checkpoint that does not fit)
-    marks: tuple = field(default=())
 
-
-def xfail(reason: str):
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-CLI_USAGE = ("workbench/cli.py main(): typer/click usage errors print a multi-line usage box instead of one "
-             "`error:` line (call cli(args=argv, standalone_mode=False), catch typer.BadParameter.__mro__[1] "
-             "(click's UsageError) -> `error: <format_message()>`, exit 2; sys.exit(the returned code))")
-LATE_PIVOTS = ("core/pipeline.py replay(): aux pivots are only resolved when the stage starts, after the run "
-               "folder was written; call core.finetune.segments.resolve_pivots(run.compressed.model, arch, stage) "
-               "for every aux stage before `writer = writer or RunWriter(out)`")
-LATE_DECOMPOSE = ("core/pipeline.py replay(): with [train], decompose settings are validated only after the "
-                  "baseline was trained and the folder written; validate them before training as is done for "
-                  "[prune] (plan the pruning, apply it to a copy, Decomposer(...).plan(session.decompose))")
 
 CASES = {
     # --- checkpoints: damaged, of another architecture, a whole pickled model of unknown code
@@ -215,10 +200,8 @@ CASES = {
     "inspect-data-is-a-file": Case(inspect("--model", "demo", "--data", "@F/notes.txt"),
                                    ("@F/notes.txt", "not a directory")),
     # --- options of the wrong type or out of range
-    "inspect-option-wrong-type": Case(inspect("--model", "demo", "--num-classes", "ten"), ("--num-classes",),
-                                      marks=(xfail(CLI_USAGE),)),
-    "inspect-option-out-of-range": Case(inspect("--model", "demo", "--num-classes", "0"), ("--num-classes",),
-                                        marks=(xfail(CLI_USAGE),)),
+    "inspect-option-wrong-type": Case(inspect("--model", "demo", "--num-classes", "ten"), ("--num-classes",)),
+    "inspect-option-out-of-range": Case(inspect("--model", "demo", "--num-classes", "0"), ("--num-classes",)),
     # --- replay of a session that names a bad checkpoint or bad data
     "replay-truncated-checkpoint": Case(replay('version = 1\n[model]\ncheckpoint = "@F/trunc.safetensors"\n'),
                                         ("@F/trunc.safetensors",)),
@@ -265,17 +248,17 @@ CASES = {
     "session-aux-pivot-beyond-the-blocks": Case(
         replay(DEMO_DATA + '[prune]\nstrategy = "P4"\n[[finetune]]\nmode = "aux"\nn_losses = 1\npivots = [99]\n'
                'epochs = 1\nmax_steps = 1\n'),
-        ("pivots", "99"), marks=(xfail(LATE_PIVOTS),)),
+        ("finetune.0", "pivots", "99")),
     "session-train-then-decompose-unknown-layer": Case(
         replay('version = 1\n[model]\nname = "resnet20"\nin_channels = 1\n[data]\nspec = "demo"\n'
                '[train]\nmode = "ce"\nepochs = 1\nmax_steps = 1\n[decompose]\nlayers = ["layer9.conv1"]\n'),
-        ("decompose.layers", "layer9.conv1"), marks=(xfail(LATE_DECOMPOSE),)),
+        ("decompose.layers", "layer9.conv1")),
     "session-not-toml": Case(replay_file("not_toml.toml"), ("@F/not_toml.toml", "not valid TOML")),
     "session-file-missing": Case(replay_file("nope.toml"), ("@F/nope.toml", "does not exist")),
 }
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=name, marks=c.marks) for name, c in CASES.items()])
+@pytest.mark.parametrize("case", [pytest.param(c, id=name) for name, c in CASES.items()])
 def test_bad_input_is_one_line_exit_2_and_overwrites_nothing(case: Case, bad, previous_run, tmp_path):
     import shutil
 
@@ -319,15 +302,50 @@ log_every = 1
 FINAL = "finetune-2-ce.safetensors"
 
 
+@dataclass
+class Reference:
+    run: Path
+    starting: float   # seconds from launch to the first event in the run folder
+    writing: float    # seconds from that first event to the last ("done")
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[Path, float]:
-    """The kill session run once without interruption, and how long that took."""
+def reference(tmp_path_factory) -> Reference:
+    """The kill session run once without interruption, and its timing."""
     root = tmp_path_factory.mktemp("reference")
     (root / "s.toml").write_text(KILL_SESSION)
-    began = time.monotonic()
+    wall = time.time()
     result = workbench("replay", str(root / "s.toml"), "--out", str(root / "run"), "--no-latency")
     assert result.returncode == 0, result.stderr
-    return root / "run", time.monotonic() - began
+    events = read_events(root / "run")
+    return Reference(root / "run", events[0]["time"] - wall, events[-1]["time"] - events[0]["time"])
+
+
+def lines(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def run_killed(session: Path, out: Path, resume: bool, kill: tuple[str, float] | None) -> tuple[int, str]:
+    """Replay (with --resume) and, if `kill` is given, kill -9 it once: ("start", t) t seconds after
+    launch, ("writing", t) t seconds after it wrote its first event into the folder."""
+    before = lines(out / "metrics.jsonl")
+    proc = start(session, out, *(["--resume"] if resume else []))
+    if kill is None:
+        return proc.wait(timeout=300), proc.stderr.read()
+    phase, delay = kill
+    if phase == "writing":
+        deadline = time.monotonic() + 120
+        while lines(out / "metrics.jsonl") == before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+    try:
+        code = proc.wait(timeout=delay)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        code = proc.wait(timeout=60)
+    return code, proc.stderr.read()
 
 
 def assert_intact(out: Path) -> None:
@@ -350,41 +368,48 @@ def summary(report: dict) -> list:
 
 
 def test_kill_9_at_random_points_then_resume_gives_the_same_result(reference, tmp_path):
-    ref, duration = reference
-    (tmp_path / "s.toml").write_text(KILL_SESSION)
+    """Three runs, each killed at a seeded random moment (one while starting up, two while
+    writing and training), then its first resume killed too, then resumed until it succeeds."""
+    ref = reference
+    session = tmp_path / "s.toml"
+    session.write_text(KILL_SESSION)
     rng = random.Random(0)
-    bounds = [0.5 + (duration - 0.5) * i / 3 for i in range(4)]
-    delays = [rng.uniform(lo, hi) for lo, hi in zip(bounds, bounds[1:])]  # one in each third of the run
-    expected = load_file(ref / FINAL)
-    for n, delay in enumerate(delays):
+    window = ref.writing
+    plans = [[("start", rng.uniform(0.5, ref.starting)), ("writing", rng.uniform(0, window))],
+             [("writing", rng.uniform(0, window / 2)), ("writing", rng.uniform(0, window))],
+             [("writing", rng.uniform(window / 2, window)), ("writing", rng.uniform(0, window))]]
+    expected = load_file(ref.run / FINAL)
+    for n, kills in enumerate(plans):
         out = tmp_path / f"run{n}"
-        proc = start(tmp_path / "s.toml", out)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)  # a no-op if it already finished
-        first = proc.wait(timeout=60)
-        if out.exists():
-            assert_intact(out)
-        done, resume, attempts = first == 0, True, 0  # it may have finished before the kill
-        while not done:
-            attempts += 1
-            assert attempts <= 3, f"no success after {attempts - 1} attempts (killed at {delay:.1f} s)"
-            result = workbench("replay", str(tmp_path / "s.toml"), "--out", str(out), "--no-latency",
-                               *(["--resume"] if resume else []))
-            if resume and result.returncode == 2 and "nothing to resume" in result.stderr:
+        resume, trace = False, []
+        for attempt in range(len(kills) + 3):  # killed at most once per attempt
+            code, err = run_killed(session, out, resume, kills[attempt] if attempt < len(kills) else None)
+            trace.append(f"{'resume' if resume else 'fresh'}"
+                         + (f" killed {kills[attempt][0]}+{kills[attempt][1]:.2f}s" if code == -signal.SIGKILL else
+                            f" -> {code}"))
+            if out.exists():
+                assert_intact(out)  # after every kill too
+            if code == 0:
+                break
+            if code == -signal.SIGKILL:
+                resume = True
+            elif resume and code == 2 and "nothing to resume" in err:
                 resume = False  # killed before anything was written: start it again
-                continue
-            assert result.returncode == 0, f"killed at {delay:.1f} s, resume: {result.stderr[-3000:]}"
-            done = True
+            else:
+                pytest.fail(f"{trace}: {err[-3000:]}")
+        else:
+            pytest.fail(f"no success: {trace}")
         assert_intact(out)
         leftovers = [p.name for p in out.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp")]
-        assert not leftovers, f"killed at {delay:.1f} s: temp files left {leftovers}"
-        assert read_status(out)["state"] == "done"
+        assert not leftovers, f"{trace}: temp files left {leftovers}"
+        assert read_status(out)["state"] == "done", trace
         final = load_file(out / FINAL)
-        assert final.keys() == expected.keys()
+        assert final.keys() == expected.keys(), trace
         for key, value in expected.items():
-            assert torch.equal(final[key], value), f"killed at {delay:.1f} s: {key} differs"
+            assert torch.equal(final[key], value), f"{trace}: {key} differs"
         assert summary(json.loads((out / "report.json").read_text())) == \
-            summary(json.loads((ref / "report.json").read_text())), f"killed at {delay:.1f} s"
+            summary(json.loads((ref.run / "report.json").read_text())), trace
+        print(f"run{n}: {trace}")
 
 
 def test_kill_9_in_the_middle_of_a_write_leaves_no_temp_once_the_file_is_written_again(tmp_path):
@@ -398,7 +423,7 @@ def test_kill_9_in_the_middle_of_a_write_leaves_no_temp_once_the_file_is_written
         "import os, signal, sys; from pathlib import Path; from core.atomic import atomic_path\n"
         "with atomic_path(Path(sys.argv[1])) as tmp:\n"
         "    tmp.write_text('{\"state\": \"ha')\n"
-        "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(target)], cwd=REPO, env=ENV)
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(target)], cwd=REPO, env=ENV, check=False)
     assert killed.returncode == -signal.SIGKILL
     assert json.loads(target.read_text()) == {"state": "old"}
     assert len(list(tmp_path.glob(".status.json.*.tmp"))) == 1  # what the dead writer left
@@ -416,11 +441,12 @@ name = "demo"
 spec = "demo"
 [[finetune]]
 mode = "ce"
-epochs = 3
-max_steps = 20
+epochs = 2
+max_steps = 15
 lr = 0.01
 log_every = 1
 """
+EPOCHS, STEPS = 2, 15  # checkpoint_every (200) > STEPS: the first checkpoint is at the end of epoch 1
 
 
 def wait_for(out: Path, proc: subprocess.Popen, predicate, timeout: float = 240) -> None:
@@ -434,11 +460,12 @@ def wait_for(out: Path, proc: subprocess.Popen, predicate, timeout: float = 240)
     pytest.fail("timed out waiting for the first replay")
 
 
-def refused_while_paused(first: subprocess.Popen, session: Path, out: Path, *extra: str) -> str:
+def refused_while_paused(first: subprocess.Popen, session: Path, out: Path, *extra: str, checkpointed: bool) -> str:
     """Pause the first replay (it keeps its lock, as a slow one would), run a second replay into
     the same folder; return its error line after checking it changed nothing."""
     first.send_signal(signal.SIGSTOP)
     try:
+        assert (out / "finetune.ckpt").exists() == checkpointed  # the situation the caller means to test
         before = snapshot(out)
         second = workbench("replay", str(session), "--out", str(out), "--no-latency", *extra)
         assert snapshot(out) == before, "the second replay wrote into the folder"
@@ -453,8 +480,8 @@ def assert_clean_metrics(out: Path, first: subprocess.Popen) -> None:
     times = [e["time"] for e in events]
     assert times == sorted(times)
     steps = [(e["stage"], e["epoch"], e["step"]) for e in events if e["event"] == "step"]
-    assert steps == [(0, epoch, step) for epoch in range(3) for step in range(1, 21)]  # each once, in order
-    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3]
+    assert steps == [(0, epoch, step) for epoch in range(EPOCHS) for step in range(1, STEPS + 1)]  # once, in order
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == list(range(1, EPOCHS + 1))
     assert events[-1]["event"] == "done"
     status = read_status(out)
     assert status["state"] == "done" and status["pid"] == first.pid
@@ -478,11 +505,11 @@ def test_second_replay_into_a_running_folder_is_refused(first_replay):
     status = read_status(out)
     assert status["state"] == "running" and status["pid"] == first.pid
     # before the first training checkpoint: a plain replay gets as far as the lock
-    line = refused_while_paused(first, session, out)
+    line = refused_while_paused(first, session, out, checkpointed=False)
     assert LOCKED in line and str(out) in line, line
     # after it: a --resume (the same session, so it passes every other check) is refused too
     wait_for(out, first, lambda e: e["event"] == "checkpoint")
-    line = refused_while_paused(first, session, out, "--resume")
+    line = refused_while_paused(first, session, out, "--resume", checkpointed=True)
     assert LOCKED in line and str(out) in line, line
     assert first.wait(timeout=300) == 0, first.stderr.read()[-3000:]
     assert_clean_metrics(out, first)
@@ -490,13 +517,9 @@ def test_second_replay_into_a_running_folder_is_refused(first_replay):
         load_file(path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "core/pipeline.py _check_out(): a plain replay into a folder whose running replay already checkpointed is "
-    "told 'holds a training run already: pass --resume' (advice that only meets the lock later); check the "
-    "lock first: `if is_alive(read_status(out))` (core.finetune.rundir) -> raise WorkbenchError(f'{out} is being "
-    "written by another replay (pid ...): wait for it, stop it, or pick another --out') at the top of _check_out"))
 def test_plain_replay_into_a_running_checkpointed_folder_names_the_other_replay(first_replay):
+    """Not "holds a training run already: pass --resume", which would only meet the lock."""
     first, session, out = first_replay
     wait_for(out, first, lambda e: e["event"] == "checkpoint")
-    line = refused_while_paused(first, session, out)
+    line = refused_while_paused(first, session, out, checkpointed=True)
     assert LOCKED in line and str(out) in line, line

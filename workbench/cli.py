@@ -193,16 +193,27 @@ def replay(
     run_replay(session, out or Path("runs") / session.stem, latency, resume, data, checkpoint)
 
 
+USAGE_ERROR = typer.BadParameter.__mro__[1]  # click's UsageError (typer may vendor click)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors print one `error:` line and exit 2, never a traceback."""
     try:
-        cli(args=argv, standalone_mode=True)
+        code = cli(args=argv, standalone_mode=False)
+    except USAGE_ERROR as exc:  # a bad option: one line, not click's usage box
+        where = f" ({exc.ctx.command_path})" if exc.ctx else ""
+        print(f"error: {exc.format_message()}{where}; see --help", file=sys.stderr)
+        sys.exit(2)
+    except typer.Abort:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
     except WorkbenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
