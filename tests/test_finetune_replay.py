@@ -136,7 +136,7 @@ def test_torchrun_two_gloo_processes_match_one(tmp_path):
     torch.manual_seed(0)
     arch = Arch("tests.fixtures_models:plain_digits_net", 10, 1)
     save_model(build(arch), arch, tmp_path / "start.safetensors")
-    (tmp_path / "s.toml").write_text(f"""version = 1
+    (tmp_path / "s.toml").write_text("""version = 1
 [model]
 checkpoint = "start.safetensors"
 input_size = "1x8x8"
