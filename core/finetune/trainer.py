@@ -174,7 +174,7 @@ class Trainer:
             raise WorkbenchError(f"finetune[{index}].batch_size {stage.batch_size} must divide by the "
                                  f"{place.world} processes (it is the global batch)")
         model = self.student
-        if stage.channels_last and place.device.type == "cuda":
+        if stage.channels_last:
             model = model.to(memory_format=torch.channels_last)
         pivots = resolve_pivots(model, self.arch, stage) if stage.mode == "aux" else None
         optimizer = self._optimizer(model, stage, pivots)
@@ -291,7 +291,7 @@ class Trainer:
         return x.to(self.place.device, non_blocking=True), y.to(self.place.device, non_blocking=True)
 
     def _loss(self, wrapped: nn.Module, model: nn.Module, stage: FinetuneStage, pivots, x, y):
-        if stage.channels_last and x.is_cuda:
+        if stage.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if stage.mode == "ce":
             return ce_loss(wrapped(x), y)
