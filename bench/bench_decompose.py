@@ -7,8 +7,14 @@
    exploit, so each weight is given the decaying channel spectra trained convs have: W is
    multiplied on its output and input channel modes by Q diag(exp(-4 i / n)) Q^T (Q random
    orthogonal). The same comparison on the trained convs of the res56_norm seed at X = 1.71.
-2. Measured CPU latency of Tucker-2 decomposed networks against their FLOPs reduction:
-   speed-up / FLOPs reduction (1.0 would mean the FLOPs saving turns fully into time).
+2. CP3 of the res56_norm block convs at X = 1.71: ours (core.decompose.cp.cp3, CP-ALS in torch)
+   against tensorly's `parafac(init="svd", linesearch=True, n_iter_max=100)` (what the workbench
+   used before), alternating, the faster of ROUNDS runs each, as a ratio of wall and of CPU time
+   (CPU time is steadier on a shared machine); mean relative errors beside the error of the
+   seed's own CP3 model (res56_norm_cp3_model.pth.tar), the figure to match.
+3. Measured CPU latency of Tucker-2 decomposed networks against their FLOPs reduction, the two
+   models timed interleaved (core.measure.compare_latency): speed-up / FLOPs reduction (1.0 would
+   mean the FLOPs saving turns fully into time).
 
 Run: python bench/bench_decompose.py [--quick]   (on an idle machine)
 """
@@ -23,14 +29,16 @@ from pathlib import Path
 
 import tensorly as tl
 import torch
-from tensorly.decomposition import partial_tucker
+from tensorly.decomposition import parafac, partial_tucker
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from core.decompose.cp import cp3  # noqa: E402
+from core.decompose.layers import composed_weight, relative_error  # noqa: E402
 from core.decompose.plan import Decomposer, apply_decomposition  # noqa: E402
-from core.decompose.ranks import tucker_ranks  # noqa: E402
+from core.decompose.ranks import cp_rank, tucker_ranks  # noqa: E402
 from core.decompose.tucker import tucker2  # noqa: E402
-from core.measure import count_flops, measure_latency  # noqa: E402
+from core.measure import compare_latency, count_flops  # noqa: E402
 from core.models.checkpoint import load_model  # noqa: E402
 from core.models.zoo import Arch, build  # noqa: E402
 from core.session import DecomposeSection  # noqa: E402
@@ -84,18 +92,52 @@ def hooi_times() -> None:
     compare("res56_norm tucker2 X=1.71 (trained block convs)", trained, 1.71)
 
 
+def ours_cp3(weight: torch.Tensor, rank: int) -> torch.Tensor:
+    first, depthwise, last = cp3(weight, rank)
+    return torch.einsum("or,rhw,ri->oihw", last, depthwise[:, 0], first)
+
+
+def tensorly_cp3(weight: torch.Tensor, rank: int) -> torch.Tensor:
+    """The workbench's CP3 before it had its own: tensorly's parafac with line search, 100 sweeps."""
+    with tl.backend_context("pytorch", local_threadsafe=True):
+        scale, (last, first, taps) = parafac(weight.reshape(*weight.shape[:2], -1), rank, n_iter_max=100,
+                                             init="svd", random_state=0, linesearch=True)
+    return torch.einsum("or,ir,kr->oik", last * scale, first, taps).reshape(weight.shape)
+
+
+def cp3_times(quick: bool) -> None:
+    seed = load_model(checkpoint=SEEDS / "res56_norm.pth.tar").model
+    convs = {n: m.weight.detach() for n, m in seed.named_modules() if isinstance(m, torch.nn.Conv2d) and "." in n}
+    reference = dict(load_model(checkpoint=SEEDS / "res56_norm_cp3_model.pth.tar").model.named_modules())
+    names = list(convs)[::9] if quick else list(convs)
+    ranks = {n: cp_rank(convs[n].shape[1], convs[n].shape[0], 3, 3, 1.71) for n in names}
+    wall, cpu, errors = {}, {}, {}
+    for _ in range(ROUNDS):
+        for label, fn in (("ours", ours_cp3), ("tensorly", tensorly_cp3)):
+            start, start_cpu = time.perf_counter(), time.process_time()
+            approx = [fn(convs[n], ranks[n]) for n in names]
+            wall[label] = min(wall.get(label, float("inf")), time.perf_counter() - start)
+            cpu[label] = min(cpu.get(label, float("inf")), time.process_time() - start_cpu)
+            errors[label] = sum(relative_error(convs[n], a) for n, a in zip(names, approx)) / len(names)
+    seed_error = sum(relative_error(convs[n], composed_weight(reference[n])) for n in names) / len(names)
+    print(f"res56_norm cp3 X=1.71 ({len(names)} convs): {wall['tensorly'] / wall['ours']:.1f}x faster in wall time "
+          f"(ours {wall['ours']:.2f} s, tensorly {wall['tensorly']:.2f} s), "
+          f"{cpu['tensorly'] / cpu['ours']:.1f}x in CPU "
+          f"time; mean rel error ours {errors['ours']:.5f}, tensorly {errors['tensorly']:.5f}, "
+          f"seed cp3 model {seed_error:.5f}")
+
+
 def speed_lines(label: str, model, arch: Arch, shape, x: float, batches: tuple[int, ...]) -> None:
     decomposer = Decomposer(model, arch, shape)
     plan = decomposer.plan(DecomposeSection(x=x))
     small, _ = apply_decomposition(model, arch, plan, decomposer)
     flops = count_flops(model, shape) / count_flops(small, shape)
-    for batch in batches:
-        t0 = t1 = float("inf")
-        for _ in range(ROUNDS):  # alternate, so a busy moment hurts both
-            t0 = min(t0, measure_latency(model, shape, batch=batch, repeats=20).median_ms)
-            t1 = min(t1, measure_latency(small, shape, batch=batch, repeats=20).median_ms)
-        print(f"{label} tucker2 X={x} batch {batch}: FLOPs {flops:.2f}x fewer, latency {t0:.2f} -> {t1:.2f} ms = "
-              f"{t0 / t1:.2f}x faster, speed-up/FLOPs = {(t0 / t1) / flops:.2f}")
+    measured = compare_latency({"original": model, "decomposed": small}, shape, batches)  # interleaved
+    for before, after in zip(measured["original"], measured["decomposed"]):
+        t0, t1 = before.median_ms, after.median_ms
+        print(f"{label} tucker2 X={x} batch {before.batch}: FLOPs {flops:.2f}x fewer, latency {t0:.2f} -> {t1:.2f} ms "
+              f"= {t0 / t1:.2f}x faster, speed-up/FLOPs = {(t0 / t1) / flops:.2f} (spread {before.spread:.0%}, "
+              f"{after.spread:.0%})")
 
 
 def latency(quick: bool) -> None:
@@ -110,9 +152,10 @@ def latency(quick: bool) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="skip the larger resnet50 batch")
+    parser.add_argument("--quick", action="store_true", help="fewer layers and batches: checks the script runs")
     args = parser.parse_args()
     warnings.simplefilter("ignore")  # tensorly's "n_eigenvecs larger than the matrix" notes
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     hooi_times()
+    cp3_times(args.quick)
     latency(args.quick)

@@ -37,6 +37,18 @@ def _sweep(path: Path) -> None:
                 pass
 
 
+def sweep_temps(folder: str | Path) -> None:
+    """Remove every temp file in `folder` (`.NAME.PID.RANDOM.tmp`) whose writer is gone: what a
+    killed writer, or one whose folder turned read-only, left."""
+    for old in Path(folder).glob(".*.tmp"):
+        parts = old.name[: -len(".tmp")].rsplit(".", 2)
+        if len(parts) == 3 and parts[1].isdigit() and int(parts[1]) != os.getpid() and not _alive(int(parts[1])):
+            try:
+                old.unlink()
+            except OSError:
+                pass
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path in `path`'s folder; on success it replaces `path` (with the

@@ -1,8 +1,9 @@
 """Data sets and splits: the digits demo, CIFAR-10/100 python batches, Fashion-MNIST idx, ImageFolder.
 
 `load_data(spec)` returns `DataSplits` (train / seeded 10% val / official test). The small data
-sets live in memory as uint8 tensors in `TensorImages`, normalised per item with the training
-mean/std; ImageFolder trees are read from disk with torchvision transforms.
+sets live in memory as uint8 tensors in `TensorImages`, normalised per item: CIFAR with the
+reference loader's fixed constants (METHOD.md "Data"), the others with the training mean/std;
+ImageFolder trees are read from disk with torchvision transforms.
 """
 
 from __future__ import annotations
@@ -18,9 +19,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision import datasets, transforms
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from core.data_spec import parse_spec
 from core.errors import WorkbenchError
 
 try:  # numpy >= 2
@@ -36,13 +36,12 @@ FASHION_CLASSES = [
 ]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-LAYOUTS = (
-    "CIFAR-10 python batches (data_batch_1..5, test_batch, batches.meta), "
-    "CIFAR-100 python files (train, test, meta), "
-    "Fashion-MNIST idx files (train-images-idx3-ubyte[.gz] ...), "
-    "or an image folder with train/ and test/ (or val/) holding one folder per class"
-)
-KINDS = ("cifar10", "cifar100", "fashion-mnist", "imagefolder")
+# the reference loader's (cifar/step1/cifar10/data_loader.py): every reference checkpoint expects them
+REFERENCE_CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+REFERENCE_CIFAR_STD = (0.2023, 0.1994, 0.2010)
+REFERENCE_SPLIT_SEED = 1  # the reference loader: np.random.seed(1); np.random.shuffle(indices)
+NORMALIZE_MODES = ("reference", "computed")
+SPLITS = ("seeded", "reference")
 VAL_FRACTION = 0.1
 DIGITS_TEST_FRACTION = 0.2
 
@@ -59,6 +58,8 @@ class DataSplits:
     in_channels: int
     image_size: int
     classes: list[str]
+    normalization: dict | None = None  # {"mode", "mean", "std"} the images were normalised with
+    split: str = "seeded"              # how validation was held out (SPLITS)
 
 
 class TensorImages(Dataset):
@@ -110,21 +111,41 @@ class TensorImages(Dataset):
         return padded.gather(2, index.expand(b, c, h * w)).view(b, c, h, w)
 
 
-def load_data(spec: str, seed: int = 0, augment: bool = True, image_size: int = 224) -> DataSplits:
+@dataclass(frozen=True)
+class DataOptions:
+    """How images are normalised and validation is held out.
+
+    `normalize`: None for the data set's default (CIFAR: "reference"; ImageFolder: ImageNet's
+    constants; the rest: "computed"), "reference" (CIFAR's fixed constants), "computed" (the
+    training split's per-channel mean/std; not for ImageFolder) or explicit (mean, std) per channel.
+    `split`: "seeded" (a torch permutation seeded with `seed`) or "reference" (the reference
+    loader's: numpy seed 1 shuffle of range(n), the first floor(10% n) held out)."""
+
+    normalize: str | tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    split: str = "seeded"
+
+
+def load_data(spec: str, seed: int = 0, augment: bool = True, image_size: int = 224,
+              normalize: str | tuple | None = None, split: str = "seeded") -> DataSplits:
     """Load `spec`: "demo"/"digits", "cifar10:PATH", "cifar100:PATH", "fashion-mnist:PATH",
-    "imagefolder:PATH", or a bare PATH whose layout is detected."""
-    spec = spec.strip()
-    if spec.lower() in ("demo", "digits"):
-        return _digits(seed, augment)
-    kind, sep, rest = spec.partition(":")
-    if sep and kind.lower() in KINDS:
-        kind, path = kind.lower(), _existing_dir(rest)
-    else:
-        path = _existing_dir(spec)
-        kind = _detect(path)
+    "imagefolder:PATH", or a bare PATH whose layout is detected; `normalize` and `split` as in
+    DataOptions."""
+    if split not in SPLITS:
+        raise WorkbenchError(f"data split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if isinstance(normalize, str) and normalize not in NORMALIZE_MODES:
+        raise WorkbenchError(f"data normalize must be one of {', '.join(NORMALIZE_MODES)} or explicit mean/std, "
+                             f"got {normalize!r}")
+    opts = DataOptions(normalize, split)
+    kind, path = parse_spec(spec)
+    if normalize == "reference" and kind not in ("cifar10", "cifar100"):
+        raise WorkbenchError(f"data normalize = \"reference\" is CIFAR's fixed mean/std, but the data is {kind}: "
+                             "use \"computed\" or explicit mean and std")
+    if kind == "digits":
+        return _digits(seed, augment, opts)
     if kind == "imagefolder":
-        return _imagefolder(path, seed, augment, image_size)
-    return {"cifar10": _cifar10, "cifar100": _cifar100, "fashion-mnist": _fashion_mnist}[kind](path, seed, augment)
+        return _imagefolder(path, seed, augment, image_size, opts)
+    loader = {"cifar10": _cifar10, "cifar100": _cifar100, "fashion-mnist": _fashion_mnist}[kind]
+    return loader(path, seed, augment, opts)
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -139,32 +160,6 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False, seed: 
 
 # ---------------------------------------------------------------- paths and detection
 
-def _existing_dir(text: str) -> Path:
-    if not text.strip():
-        raise WorkbenchError(f"no data set given; use 'demo' or a directory with {LAYOUTS}")
-    path = Path(text.strip()).expanduser()
-    if not path.exists():
-        raise WorkbenchError(f"data directory {path} does not exist; pass an existing directory or 'demo'")
-    if not path.is_dir():
-        raise WorkbenchError(f"data path {path} is not a directory; pass the directory that holds the data set")
-    return path
-
-
-def _detect(path: Path) -> str:
-    """The loader for a directory's layout, or a WorkbenchError naming the accepted layouts."""
-    if (path / "data_batch_1").is_file() or (path / "cifar-10-batches-py" / "data_batch_1").is_file():
-        return "cifar10"
-    if all((path / n).is_file() for n in ("train", "test", "meta")) or (path / "cifar-100-python").is_dir():
-        return "cifar100"
-    if any((path / f"train-images-idx3-ubyte{ext}").is_file() for ext in ("", ".gz")):
-        return "fashion-mnist"
-    if (path / "train").is_dir() and ((path / "test").is_dir() or (path / "val").is_dir()):
-        return "imagefolder"
-    if not any(path.iterdir()):
-        raise WorkbenchError(f"data directory {path} is empty; expected {LAYOUTS}")
-    raise WorkbenchError(f"data directory {path} has no recognised layout; expected {LAYOUTS}")
-
-
 # ---------------------------------------------------------------- splits and in-memory sets
 
 def _split(n: int, seed: int, fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -174,16 +169,47 @@ def _split(n: int, seed: int, fraction: float) -> tuple[torch.Tensor, torch.Tens
     return perm[held:], perm[:held]
 
 
+def reference_split(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference loader's (kept, held-out) indices: range(n) shuffled by numpy's legacy
+    generator seeded with 1, the first floor(0.1 n) held out (CIFAR-10: 5,000 of 50,000)."""
+    indices = np.arange(n)
+    np.random.RandomState(REFERENCE_SPLIT_SEED).shuffle(indices)
+    held = max(1, int(np.floor(VAL_FRACTION * n)))
+    return torch.from_numpy(indices[held:]), torch.from_numpy(indices[:held])
+
+
+def _val_split(n: int, seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return reference_split(n) if split == "reference" else _split(n, seed, VAL_FRACTION)
+
+
+def _mean_std(opts: DataOptions, default: str, train: torch.Tensor, channels: int) -> dict:
+    """The normalisation `opts` asks for ({"mode", "mean", "std"}, float lists); `default` stands
+    in for an unset `normalize`; "computed" takes the per-channel mean/std of `train` (uint8)."""
+    mode = opts.normalize or default
+    if mode == "reference":
+        mean, std = REFERENCE_CIFAR_MEAN, REFERENCE_CIFAR_STD
+    elif mode == "computed":
+        x = train.double()
+        mean, std = x.mean(dim=(0, 2, 3)) / 255, (x.std(dim=(0, 2, 3)) / 255).clamp_min(1e-3)
+    else:
+        (mean, std), mode = mode, "explicit"
+        if len(mean) != channels or len(std) != channels:
+            raise WorkbenchError(f"data normalize: mean and std need one value per channel ({channels}), "
+                                 f"got {len(mean)} and {len(std)}")
+    return {"mode": mode, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+
+
 def _in_memory(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                test_y: torch.Tensor, classes: list[str], seed: int, augment: bool, pad: int,
-               flip: bool, source: Path | str) -> DataSplits:
-    """Split off a seeded 10% validation set and wrap all three parts in `TensorImages`."""
+               flip: bool, source: Path | str, opts: DataOptions = DataOptions()) -> DataSplits:
+    """Split off a 10% validation set and wrap all three parts in `TensorImages`, normalised as
+    `opts` says (by default: CIFAR the reference constants, the others the training split's)."""
     if len(train_y) < 2:
         raise WorkbenchError(f"{source}: the training set has {len(train_y)} image(s); need at least 2 to split off validation")
-    keep, held = _split(len(train_y), seed, VAL_FRACTION)
-    x = train_x[keep].double()
-    mean = x.mean(dim=(0, 2, 3)) / 255
-    std = (x.std(dim=(0, 2, 3)) / 255).clamp_min(1e-3)
+    keep, held = _val_split(len(train_y), seed, opts.split)
+    default = "reference" if name in ("cifar10", "cifar100") else "computed"
+    normalization = _mean_std(opts, default, train_x[keep], train_x.shape[1])
+    mean, std = torch.tensor(normalization["mean"]), torch.tensor(normalization["std"])
 
     def part(images, labels, aug=False):
         return TensorImages(images, labels, mean, std, augment=aug, pad=pad, flip=flip)
@@ -197,10 +223,12 @@ def _in_memory(name: str, train_x: torch.Tensor, train_y: torch.Tensor, test_x: 
         in_channels=train_x.shape[1],
         image_size=train_x.shape[2],
         classes=classes,
+        normalization=normalization,
+        split=opts.split,
     )
 
 
-def _digits(seed: int, augment: bool) -> DataSplits:
+def _digits(seed: int, augment: bool, opts: DataOptions = DataOptions()) -> DataSplits:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -208,7 +236,7 @@ def _digits(seed: int, augment: bool) -> DataSplits:
     labels = torch.from_numpy(digits.target.astype(np.int64))
     rest, test = _split(len(labels), seed, DIGITS_TEST_FRACTION)
     return _in_memory("digits", images[rest], labels[rest], images[test], labels[test],
-                      [str(d) for d in range(10)], seed, augment, pad=1, flip=False, source="digits")
+                      [str(d) for d in range(10)], seed, augment, pad=1, flip=False, source="digits", opts=opts)
 
 
 # ---------------------------------------------------------------- CIFAR python batches
@@ -269,22 +297,22 @@ def _class_names(path: Path, key: bytes) -> list[str]:
     return [n.decode("utf-8", "replace") for n in names]
 
 
-def _cifar10(path: Path, seed: int, augment: bool) -> DataSplits:
+def _cifar10(path: Path, seed: int, augment: bool, opts: DataOptions = DataOptions()) -> DataSplits:
     root = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
     classes = _class_names(root / "batches.meta", b"label_names")
     parts = [_cifar_batch(root / f"data_batch_{i}", b"labels", len(classes)) for i in range(1, 6)]
     test_x, test_y = _cifar_batch(root / "test_batch", b"labels", len(classes))
     return _in_memory("cifar10", torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                      test_x, test_y, classes, seed, augment, pad=4, flip=True, source=root)
+                      test_x, test_y, classes, seed, augment, pad=4, flip=True, source=root, opts=opts)
 
 
-def _cifar100(path: Path, seed: int, augment: bool) -> DataSplits:
+def _cifar100(path: Path, seed: int, augment: bool, opts: DataOptions = DataOptions()) -> DataSplits:
     root = path / "cifar-100-python" if (path / "cifar-100-python").is_dir() else path
     classes = _class_names(root / "meta", b"fine_label_names")
     train_x, train_y = _cifar_batch(root / "train", b"fine_labels", len(classes))
     test_x, test_y = _cifar_batch(root / "test", b"fine_labels", len(classes))
     return _in_memory("cifar100", train_x, train_y, test_x, test_y, classes, seed, augment,
-                      pad=4, flip=True, source=root)
+                      pad=4, flip=True, source=root, opts=opts)
 
 
 # ---------------------------------------------------------------- Fashion-MNIST idx
@@ -328,11 +356,11 @@ def _fashion_part(root: Path, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 
-def _fashion_mnist(path: Path, seed: int, augment: bool) -> DataSplits:
+def _fashion_mnist(path: Path, seed: int, augment: bool, opts: DataOptions = DataOptions()) -> DataSplits:
     train_x, train_y = _fashion_part(path, "train")
     test_x, test_y = _fashion_part(path, "t10k")
     return _in_memory("fashion-mnist", train_x, train_y, test_x, test_y, list(FASHION_CLASSES), seed,
-                      augment, pad=4, flip=True, source=path)
+                      augment, pad=4, flip=True, source=path, opts=opts)
 
 
 # ---------------------------------------------------------------- ImageFolder
@@ -345,7 +373,10 @@ def _load_image(path: str) -> Image.Image:
         raise WorkbenchError(f"{path} is not a readable image ({e}); remove or replace it") from None
 
 
-def _image_folder(root: Path, transform) -> datasets.ImageFolder:
+def _image_folder(root: Path, transform):
+    from torchvision import datasets  # only image folders need torchvision (slow to import)
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
     if not root.is_dir() or not any(p.is_dir() for p in root.iterdir()):
         raise WorkbenchError(f"{root} has no class folders; put the images in {root}/<class name>/")
     try:
@@ -358,7 +389,7 @@ def _image_folder(root: Path, transform) -> datasets.ImageFolder:
     return folder
 
 
-def _check_decodes(folder: datasets.ImageFolder, first: int = 4) -> None:
+def _check_decodes(folder, first: int = 4) -> None:
     """A folder none of whose first images decodes holds no images (text files named .png, ...):
     say so now, before anything is written. One bad image among good ones fails when read."""
     problem = None
@@ -371,8 +402,16 @@ def _check_decodes(folder: datasets.ImageFolder, first: int = 4) -> None:
     raise problem
 
 
-def _imagefolder(path: Path, seed: int, augment: bool, image_size: int) -> DataSplits:
-    normalize = [transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+def _imagefolder(path: Path, seed: int, augment: bool, image_size: int,
+                 opts: DataOptions = DataOptions()) -> DataSplits:
+    if opts.normalize == "computed":
+        raise WorkbenchError("data normalize = \"computed\" needs an in-memory data set (CIFAR, Fashion-MNIST, "
+                             "digits); give an image folder explicit mean and std, or leave it unset (ImageNet's)")
+    normalization = (_mean_std(opts, "", torch.empty(0), 3) if opts.normalize else
+                     {"mode": "imagenet", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)})
+    from torchvision import transforms
+
+    normalize = [transforms.ToTensor(), transforms.Normalize(normalization["mean"], normalization["std"])]
     eval_tf = transforms.Compose([transforms.Resize(int(image_size * 8 / 7)), transforms.CenterCrop(image_size), *normalize])
     train_tf = transforms.Compose([transforms.RandomResizedCrop(image_size), transforms.RandomHorizontalFlip(), *normalize])
     if not (path / "train").is_dir():
@@ -386,7 +425,7 @@ def _imagefolder(path: Path, seed: int, augment: bool, image_size: int) -> DataS
         raise WorkbenchError(f"{test_root} class folders differ from {path / 'train'}; both need the same class names")
     if len(train_full) < 2:
         raise WorkbenchError(f"{path / 'train'} holds {len(train_full)} image(s); need at least 2 to split off validation")
-    keep, held = _split(len(train_full), seed, VAL_FRACTION)
+    keep, held = _val_split(len(train_full), seed, opts.split)
     val_full = copy.copy(train_full)  # same file list, evaluation transform
     val_full.transform = eval_tf
     return DataSplits(
@@ -398,5 +437,7 @@ def _imagefolder(path: Path, seed: int, augment: bool, image_size: int) -> DataS
         in_channels=3,
         image_size=image_size,
         classes=list(train_full.classes),
+        normalization=normalization,
+        split=opts.split,
     )
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from core.errors import WorkbenchError
 from core.models.zoo import Arch, is_cifar_family
 
 
@@ -40,33 +42,149 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     return int(counter.get_total_flops())
 
 
+MAX_SPREAD = 0.1   # interquartile range over median above which a latency is flagged as untrustworthy
+BLOCK_S = 0.02     # each timed block runs the model this long at least (several calls on fast models)
+
+
 @dataclass
 class Latency:
-    median_ms: float
+    median_ms: float   # per forward pass, median over the timed blocks
     min_ms: float
-    repeats: int
+    repeats: int       # timed blocks
     batch: int
     device: str
+    iqr_ms: float = 0.0
+    channels_last: bool = False
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over median: how much the blocks disagree."""
+        return self.iqr_ms / self.median_ms if self.median_ms else 0.0
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > MAX_SPREAD
+
+    def as_dict(self) -> dict:
+        return {"device": self.device, "batch": self.batch, "median_ms": self.median_ms, "iqr_ms": self.iqr_ms,
+                "min_ms": self.min_ms, "repeats": self.repeats, "channels_last": self.channels_last,
+                "noisy": self.noisy}
+
+
+def parse_device(text: str) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N`, checked against what this machine has."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise WorkbenchError(f"device {text!r}: use cpu, cuda or cuda:N")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise WorkbenchError(f"device {text!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                             "use cpu or one of those")
+    return device
+
+
+def parse_batch_sizes(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...]:
+    """`1,64` (or a list) -> (1, 64): positive, without repeats."""
+    try:
+        sizes = [int(v) for v in (text.split(",") if isinstance(text, str) else text)]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise WorkbenchError(f"batch sizes {text!r}: give positive integers separated by commas, e.g. 1,64")
+    return tuple(dict.fromkeys(sizes))
+
+
+def _formats(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[bool, nn.Module]]:
+    """The model as it is, and for image models a channels-last copy (the caller's model is untouched)."""
+    variants = [(False, model)]
+    if len(input_shape) == 3 and any(isinstance(m, nn.Conv2d) for m in model.modules()):
+        variants.append((True, copy.deepcopy(model).to(memory_format=torch.channels_last)))
+    return variants
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    low = int(pos)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
 @torch.no_grad()
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, warmup: int = 5,
-                    repeats: int = 30, device: str | torch.device = "cpu") -> Latency:
-    """Wall-clock time of one forward pass: `warmup` untimed runs, then the median of `repeats`."""
+def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1,),
+                    device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 15,
+                    block_s: float = BLOCK_S) -> dict[str, list[Latency]]:
+    """Forward-pass time of each model at each batch size on `device`, with torch.utils.benchmark
+    (CUDA synchronised): `warmup` untimed calls, then `repeats` rounds in which every model runs one
+    timed block of calls in turn, so that a busy moment of the machine hurts all models alike and
+    their ratios hold. Each model runs in the memory format (contiguous or channels-last) that was
+    faster in the warm-up. Median, minimum and interquartile range are over the rounds."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note on CPU machines
+    from torch.utils import benchmark
+
     device = torch.device(device)
-    model = model.to(device).eval()
-    x = torch.randn(batch, *input_shape, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return Latency(statistics.median(times), min(times), repeats, batch, str(device))
+    homes = {name: (next((p.device for p in m.parameters()), None), m.training) for name, m in models.items()}
+    results: dict[str, list[Latency]] = {name: [] for name in models}
+    for batch in batch_sizes:
+        timers = {}
+        for name, model in models.items():
+            model.to(device).eval()
+            best = None
+            for channels_last, variant in _formats(model, input_shape):
+                variant.to(device).eval()
+                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt) \
+                    if len(input_shape) == 3 else torch.randn(batch, *input_shape, device=device)
+                timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x})
+                timer.timeit(warmup)
+                per_call = timer.timeit(1).median
+                number = max(1, int(block_s / max(per_call, 1e-9)))
+                per_call = timer.timeit(number).median
+                if best is None or per_call < best[0]:
+                    best = (per_call, channels_last, timer, number)
+            timers[name] = best[1:]
+        times: dict[str, list[float]] = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, (_, timer, number) in timers.items():
+                times[name].append(timer.timeit(number).median * 1e3)
+        for name, (channels_last, _, _) in timers.items():
+            t = times[name]
+            results[name].append(Latency(statistics.median(t), min(t), repeats, batch, str(device),
+                                         _quantile(t, 0.75) - _quantile(t, 0.25), channels_last))
+    for name, (home, training) in homes.items():  # the callers' models as they were
+        models[name].train(training)
+        if home is not None:
+            models[name].to(home)
+    return results
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], batch: int = 1, warmup: int = 3,
+                    repeats: int = 15, device: str | torch.device = "cpu") -> Latency:
+    """One model's latency at one batch size (see `compare_latency`)."""
+    return compare_latency({"model": model}, input_shape, (batch,), device, warmup, repeats)["model"][0]
+
+
+def latency_entries(models: dict[str, nn.Module], input_shape: tuple[int, ...], device: str | torch.device = "cpu",
+                    batch_sizes: tuple[int, ...] = (1,)) -> tuple[dict[str, dict], str | None]:
+    """Report fields of each model, measured interleaved (`compare_latency`): `latency_ms` (the first
+    batch size) and `latency` (one entry per batch size), and the spread warning, if any."""
+    measured = compare_latency(models, input_shape, tuple(batch_sizes), device)
+    entries = {name: {"latency_ms": lats[0].median_ms, "latency": [lat.as_dict() for lat in lats]}
+               for name, lats in measured.items()}
+    return entries, latency_warning(measured)
+
+
+def latency_warning(measured: dict[str, list[Latency]]) -> str | None:
+    """A line naming the measurements (model: device and batch) whose spread is too wide to trust, or None."""
+    noisy = [f"{name + ' ' if name else ''}{lat.device} batch {lat.batch} ({lat.spread:.0%})"
+             for name, lats in measured.items() for lat in lats if lat.noisy]
+    if not noisy:
+        return None
+    return (f"latency spread (interquartile range) above {MAX_SPREAD:.0%} of the median for {', '.join(noisy)}: "
+            "the machine is busy, so these times (less so their ratios) are unreliable; measure again when it is "
+            "idle, or with fewer --threads")
 
 
 @torch.no_grad()

@@ -4,35 +4,17 @@ accuracy and per-layer statistics. Shared by `workbench inspect` and the TUI."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
-from pathlib import Path
 
 from torch import nn
 
 from core.data import DataSplits, load_data, make_loader
 from core.errors import WorkbenchError
-from core.measure import Latency, count_flops, count_params, default_input_shape, evaluate, measure_latency
+from core.measure import Latency, compare_latency, count_flops, count_params, default_input_shape, evaluate
 from core.models.checkpoint import Loaded, load_model
 from core.stats import NetworkStats, network_stats
-
-
-@dataclass
-class Target:
-    """What to open, as the user gave it on the command line or in a session."""
-
-    model: str | None = None
-    checkpoint: Path | None = None
-    num_classes: int | None = None
-    in_channels: int | None = None
-    weights: str | None = None
-    trust_pickle: bool = False
-    data: str | None = None
-    input_size: tuple[int, int, int] | None = None
-
-    @classmethod
-    def demo(cls) -> "Target":
-        return cls(model="demo", data="demo")
+from core.target import Target, parse_input_size  # noqa: F401  (re-exported: what to open)
 
 
 @dataclass
@@ -51,23 +33,21 @@ class Costs:
     params: int
     flops: int
     latency: Latency | None
-
-
-def parse_input_size(text: str) -> tuple[int, int, int]:
-    """'3x32x32' -> (3, 32, 32)."""
-    parts = text.lower().split("x")
-    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise WorkbenchError(f"--input-size '{text}' is not CxHxW (e.g. 3x32x32)")
-    return tuple(int(p) for p in parts)  # type: ignore[return-value]
+    latencies: list[Latency] = field(default_factory=list)   # one per batch size
 
 
 def open_target(target: Target) -> Opened:
     """Load the model (and the data, if named) and check that they fit each other."""
-    data = load_data(target.data) if target.data else None
+    data = load_data(target.data, normalize=target.data_normalize, split=target.data_split) if target.data else None
     num_classes = target.num_classes or (data.num_classes if data and not target.checkpoint else None)
     loaded = load_model(target.model, target.checkpoint, num_classes=num_classes,
                         in_channels=target.in_channels, weights=target.weights, trust_pickle=target.trust_pickle)
     shape = target.input_size or default_input_shape(loaded.arch)
+    first = next((m.in_channels for m in loaded.model.modules() if isinstance(m, nn.Conv2d)), None)
+    if target.input_size and first is not None and target.input_size[0] != first:
+        raise WorkbenchError(f"--input-size {'x'.join(map(str, target.input_size))} has {target.input_size[0]} "
+                             f"channels but the model takes {first}: give {first}x{target.input_size[1]}x"
+                             f"{target.input_size[2]}")
     if data is not None:
         shape = (data.in_channels, data.image_size, data.image_size)
         classes = loaded.arch.num_classes
@@ -84,10 +64,13 @@ def open_target(target: Target) -> Opened:
     return Opened(loaded, data, shape)
 
 
-def measure_costs(opened: Opened, latency: bool = True) -> Costs:
-    """Parameters, FLOPs per image and (optionally) CPU latency at batch 1."""
+def measure_costs(opened: Opened, latency: bool = True, device: str = "cpu",
+                  batch_sizes: tuple[int, ...] = (1,)) -> Costs:
+    """Parameters, FLOPs per image and (optionally) latency on `device` at each batch size
+    (`latency` holds the first)."""
     model, shape = opened.model, opened.input_shape
-    return Costs(count_params(model), count_flops(model, shape), measure_latency(model, shape) if latency else None)
+    lats = compare_latency({"model": model}, shape, tuple(batch_sizes), device)["model"] if latency else []
+    return Costs(count_params(model), count_flops(model, shape), lats[0] if lats else None, lats)
 
 
 def test_accuracy(opened: Opened, batch_size: int = 256) -> float | None:
@@ -107,14 +90,16 @@ class Overview:
     accuracy: float | None
 
 
-def gather(opened: Opened, latency: bool = True, progress: Callable[[int, int, str], None] | None = None) -> Overview:
-    """Statistics of every conv layer, then costs and test accuracy; `progress(done, total, what)`
-    is called as each step finishes (the layers count as one step each)."""
+def gather(opened: Opened, latency: bool = True, progress: Callable[[int, int, str], None] | None = None,
+           device: str = "cpu", batch_sizes: tuple[int, ...] = (1,)) -> Overview:
+    """Statistics of every conv layer, then costs (latency on `device` at `batch_sizes`) and test
+    accuracy; `progress(done, total, what)` is called as each step finishes (the layers count as one
+    step each)."""
     report = progress or (lambda done, total, what: None)
     stats = network_stats(opened.model, progress=lambda i, n, name: report(i, n + 2, name))
     total = len(stats.layers) + 2
     report(total - 2, total, "costs (params, FLOPs, latency)")
-    costs = measure_costs(opened, latency)
+    costs = measure_costs(opened, latency, device, batch_sizes)
     report(total - 1, total, "test accuracy")
     accuracy = test_accuracy(opened)
     report(total, total, "done")
@@ -131,6 +116,7 @@ def overview_json(ov: Overview) -> dict:
         "params": costs.params,
         "flops": costs.flops,
         "latency_ms": costs.latency.median_ms if costs.latency else None,
+        "latency": [lat.as_dict() for lat in costs.latencies],
         "accuracy": accuracy,
         "t_range": {k: [_finite(a), _finite(b)] for k, (a, b) in stats.t_range.items()},
         "layers": [layer.summary() for layer in stats.layers],

@@ -10,24 +10,36 @@ from __future__ import annotations
 
 import copy
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+import torch.distributed as dist
 from pydantic import ValidationError
 
 from core.atomic import atomic_path, write_json
 from core.errors import WorkbenchError
-from core.finetune.rundir import BASELINE_CHECKPOINT, CHECKPOINT, STATUS, RunWriter, is_alive, read_status
+from core.finetune.rundir import (
+    BASELINE_CHECKPOINT, CHECKPOINT, SESSION, STATUS, RunWriter, check_out_folder, check_owner, is_alive, read_status,
+    set_aside,
+)
 from core.finetune.segments import resolve_pivots
-from core.finetune.trainer import Placement, Stopped, Trainer, load_checkpoint
+from core.finetune.trainer import Placement, Stopped, Trainer, check_amp, load_checkpoint
 from core.models.checkpoint import Loaded, load_model, save_model
 from core.models.zoo import is_cifar_family
-from core.overview import Opened, measure_costs, open_target, test_accuracy
+from core.data import make_loader
+from core.budget import solve_decompose, solve_prune
+from core.measure import count_flops, count_params, evaluate, latency_entries, parse_device
+from core.overview import Opened, measure_costs, open_target
 from core.decompose.plan import DecomposePlan, Decomposer, apply_decomposition
 from core.prune.plan import PrunePlan, Planner
 from core.prune.surgery import apply_pruning, save_reference_format
-from core.session import DataSection, Session, dump_session, load_session, save_session, first_error
+from core.tracking import Tracker
+from core.threads import configure_threads
+from core.session import (DataSection, MeasureSection, Session, dump_session, first_error, load_session,
+                          measure_override, save_session)
 from core.stats import conv_layers
 
 Progress = Callable[[str], None]
@@ -43,18 +55,67 @@ class Run:
     models: dict  # step name -> (model, arch)
     opened: Opened
     compressed: Opened
+    measure: MeasureSection | None = None  # the session's [measure]: where latency is measured
 
 
-def measure_step(name: str, opened: Opened, latency: bool, layers: list[dict]) -> dict:
+def measure_step(name: str, opened: Opened, latency: bool, layers: list[dict], measure: bool = True,
+                 device: str | torch.device = "cpu") -> dict:
+    """A step's entry: params, FLOPs, latency and test accuracy (on `device`); without
+    `measure` (the other processes under torchrun) only its name and layers."""
+    if not measure:
+        return {"name": name, "layers": layers}
     costs = measure_costs(opened, latency)
+    accuracy = None
+    if opened.data is not None:
+        accuracy = evaluate(opened.model, make_loader(opened.data.test, 256), device)
+        opened.model.cpu()
     return {
         "name": name,
         "params": costs.params,
         "flops": costs.flops,
         "latency_ms": costs.latency.median_ms if costs.latency else None,
-        "accuracy": test_accuracy(opened),
+        "accuracy": accuracy,
         "layers": layers,
     }
+
+
+@contextmanager
+def measuring(place: Placement):
+    """Rank 0 of several processes measures as a single process would: with every CPU it may
+    use (torchrun gives each process one thread unless OMP_NUM_THREADS says otherwise)."""
+    if place.world == 1:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def measure_run(run: Run, latency: bool, device: str | torch.device = "cpu") -> None:
+    """Measure the steps `run_session(measure=False)` left bare (rank 0 of several processes,
+    once the compression is done, so that the others wait instead of competing for the CPU)."""
+    for entry in run.report["steps"]:
+        model, arch = (run.opened.model, run.opened.loaded.arch) if entry["name"] == "baseline" \
+            else run.models[entry["name"]]
+        opened = Opened(Loaded(model, arch, entry["name"], []), run.opened.data, run.opened.input_shape)
+        entry.update(measure_step(entry["name"], opened, False, entry["layers"], device=device))
+    if latency:
+        models = {"baseline": run.opened.model, **{name: model for name, (model, _) in run.models.items()}}
+        _attach_latency(run.report, models, run.opened.input_shape, run.measure)
+
+
+def _attach_latency(report: dict, models: dict, input_shape: tuple, settings: MeasureSection | None) -> None:
+    """Every step's latency on the session's [measure] device and batch sizes, all steps measured
+    interleaved in one loop so that their ratios survive a busy machine; the spread warning, if any."""
+    s = settings or MeasureSection()
+    entries, warning = latency_entries(models, input_shape, s.device, tuple(s.batch_sizes))
+    for step in report["steps"]:
+        step.update(entries.get(step["name"], {}))
+    if warning:
+        report["latency_warning"] = warning
 
 
 def plan_layers(plan: PrunePlan) -> list[dict]:
@@ -66,27 +127,33 @@ def plan_layers(plan: PrunePlan) -> list[dict]:
 def decomposition_layers(plan: DecomposePlan) -> list[dict]:
     return [{"name": layer.name, "shape": list(layer.shape), "method": layer.method, "ranks": list(layer.ranks),
              "error": layer.error, "params_before": layer.params[0], "params_after": layer.params[1],
-             "skipped": layer.skipped} for layer in plan.layers]
+             "skipped": layer.skipped, "time_ms": list(layer.time_ms) if layer.time_ms else None}
+            for layer in plan.layers]
 
 
 def run_session(session: Session, latency: bool = True, progress: Progress | None = None,
-                opened: Opened | None = None) -> Run:
+                opened: Opened | None = None, measure: bool = True) -> Run:
     """Run every compression step the session names (paths already resolved) on `opened` (by
-    default the session's model, opened here); nothing is written here."""
+    default the session's model, opened here), measuring each (unless not `measure`: then
+    `measure_run` does it later); nothing is written here."""
     say = progress or (lambda what: None)
     if opened is None:
         say("opening the model")
         opened = open_target(session.target())
-    prune_plan = None
+    prune_plan = solved = None
     if session.prune is not None:  # plan first: a bad layer name fails before any measuring
         say("planning the pruning")
         p = session.prune
-        prune_plan = Planner(opened.model, opened.loaded.arch, opened.input_shape, coupled=p.coupled,
-                             ignore=p.ignore).plan(p)
+        planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, coupled=p.coupled,
+                          ignore=p.ignore, dataset=opened.data.name if opened.data else None)
+        if session.budget is not None and session.decompose is None:  # the budget solves the pruning's knob
+            say("solving the pruning for [target]")
+            p, solved = solve_prune(planner, p, session.budget)
+        prune_plan = planner.plan(p)
     say("measuring the baseline")
     convs = [{"name": n, "channels_before": m.out_channels, "channels_after": m.out_channels, "statistic": None,
               "ratio": 0.0} for n, m in conv_layers(opened.model)]
-    steps = [measure_step("baseline", opened, latency, convs)]
+    steps = [measure_step("baseline", opened, False, convs, measure)]  # latency: all steps at once, below
     models = {}
     current = opened
     if prune_plan is not None:
@@ -94,21 +161,37 @@ def run_session(session: Session, latency: bool = True, progress: Progress | Non
         model, arch = apply_pruning(opened.model, opened.loaded.arch, prune_plan.keep(), opened.input_shape)
         current = Opened(Loaded(model, arch, "pruned", []), opened.data, opened.input_shape)
         say("measuring the pruned model")
-        steps.append(measure_step("pruned", current, latency, plan_layers(prune_plan)))
+        steps.append(measure_step("pruned", current, False, plan_layers(prune_plan), measure))
         steps[-1]["predicted"] = {"params": prune_plan.params[1], "flops": prune_plan.flops[1]}
         models["pruned"] = (model, arch)
     if session.decompose is not None:
         say("decomposing (planning ranks, reconstruction errors)")
         decomposer = Decomposer(current.model, current.loaded.arch, current.input_shape)
-        plan = decomposer.plan(session.decompose, errors=True)
+        if session.measure is not None:  # skip_slower times layers where the model will run
+            decomposer.timing = (session.measure.device, session.measure.batch_sizes[0])
+        settings = session.decompose
+        if session.budget is not None:  # the budget (of the network as opened) solves x
+            say("solving x for [target]")
+            settings, solved = solve_decompose(decomposer, settings, session.budget, (
+                count_params(opened.model), count_flops(opened.model, opened.input_shape)))
+        plan = decomposer.plan(settings, errors=True)
         model, arch = apply_decomposition(current.model, current.loaded.arch, plan, decomposer)
         current = Opened(Loaded(model, arch, "decomposed", []), opened.data, opened.input_shape)
         say("measuring the decomposed model")
-        steps.append(measure_step("decomposed", current, latency, decomposition_layers(plan)))
+        steps.append(measure_step("decomposed", current, False, decomposition_layers(plan), measure))
         steps[-1]["predicted"] = {"params": plan.params[1], "flops": plan.flops[1]}
         models["decomposed"] = (model, arch)
-    return Run({"session": session.model_dump(mode="json", exclude_none=True), "steps": steps}, models,
-               opened, current)
+    report = {"session": session.model_dump(mode="json", exclude_none=True), "steps": steps}
+    if solved is not None:
+        report["target"] = solved.as_dict()
+    if measure and latency:
+        say("measuring latency (every step, interleaved)")
+        _attach_latency(report, {"baseline": opened.model, **{name: model for name, (model, _) in models.items()}},
+                        opened.input_shape, session.measure)
+    if opened.data is not None:  # what the images were normalised with and how validation was held out
+        report["data"] = {"name": opened.data.name, "normalization": opened.data.normalization,
+                          "split": opened.data.split}
+    return Run(report, models, opened, current, session.measure)
 
 
 def model_file(step: str) -> str:
@@ -127,16 +210,28 @@ def report_markdown(report: dict) -> str:
     """report.md: the steps as a table (params, FLOPs, accuracy, latency) and the ratios."""
     steps = report["steps"]
     base = steps[0]
-    rows = ["| step | params | FLOPs | test accuracy | latency (ms, batch 1) | params ÷ | FLOPs ÷ |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+    where = [(m["device"], m["batch"]) for m in base.get("latency") or []] or [("cpu", 1)]
+    rows = ["| step | params | FLOPs | test accuracy | " + " | ".join(f"latency ms ({d}, batch {b})" for d, b in where)
+            + " | params ÷ | FLOPs ÷ |", "|---|---:|---:|---:|" + "---:|" * len(where) + "---:|---:|"]
     for step in steps:
         acc = f"{100 * step['accuracy']:.2f}%" if step.get("accuracy") is not None else "-"
-        ms = f"{step['latency_ms']:.3f}" if step.get("latency_ms") is not None else "-"
+        measured = [f"{m['median_ms']:.3f}" for m in step.get("latency") or []]
+        if not measured and step.get("latency_ms") is not None:
+            measured = [f"{step['latency_ms']:.3f}"]
+        ms = " | ".join((measured + ["-"] * len(where))[:len(where)])
         rows.append(f"| {step['name']} | {step['params']:,} | {step['flops']:,} | {acc} | {ms} | "
                     f"{base['params'] / step['params']:.2f} | {base['flops'] / step['flops']:.2f} |")
     tuned = [s for s in steps if s["name"].startswith("finetune:")]
     notes = [f"- {s['name']}: {s['epochs']} epochs, best validation {100 * s['best_val']:.2f}% at epoch "
              f"{s['best_epoch']}" for s in tuned if s.get("best_val") is not None]
+    if tuned and report.get("device"):
+        notes.append(f"- trained on {report['device']}")
+    if report.get("target"):
+        t = report["target"]
+        notes.append(f"- [target] {t['metric']} = {t['target']} of the baseline: solved {t['knob']} = "
+                     f"{t['value']:.6g}, achieved {t['achieved']:.4f}")
+    if report.get("latency_warning"):
+        notes.append(f"- warning: {report['latency_warning']}")
     return "# Replay report\n\n" + "\n".join(rows) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
@@ -146,25 +241,87 @@ def write_report(out: Path, report: dict) -> None:
     write_json(out / "report.json", report)
 
 
-def _check_out(out: Path, session: Session, resume: bool) -> None:
-    """Refuse to clobber a training run, and to resume one from another session. A run killed
-    before its first checkpoint resumes by starting over."""
+def _check_out(out: Path, session: Session, resume: bool | str, restart: bool, force: bool) -> bool:
+    """What can be checked before anything is computed: no live replay writes `out`, a training
+    run there is not started over by accident, and what --resume needs is there (the same
+    session, checkpoints that read). Returns whether to resume (`"auto"`: when `out` holds a
+    training checkpoint). Reads only; a run killed before its first checkpoint resumes by
+    starting over."""
     status = read_status(out)
     if is_alive(status) and status["pid"] != os.getpid():
         raise WorkbenchError(f"{out} is being written by another replay (pid {status['pid']}): wait for it, "
                              "stop it, or pick another --out")
-    frozen = out / "session.toml"
-    started = [name for name in (CHECKPOINT, BASELINE_CHECKPOINT) if (out / name).exists()]
+    started = _started(out)
+    if resume == "auto":
+        resume = bool(started)
     if not resume:
-        if started:
-            raise WorkbenchError(f"{out} holds a training run already ({started[0]}): pass --resume to continue "
-                                 "it, or choose another --out")
-        return
+        if started and not (restart or force):
+            check_owner(out, dump_session(session))  # another session's run: say so first
+            raise _holds_run(out, started)
+        return False
     if not started and not (out / STATUS).is_file():
-        raise WorkbenchError(f"nothing to resume in {out}: no run was started there (run without --resume)")
-    if frozen.is_file() and frozen.read_text() != dump_session(session):
+        raise WorkbenchError(f"nothing to resume in {out}: no run was started there (run without --resume, or "
+                             "with --resume auto)")
+    frozen = out / SESSION
+    try:
+        same = not frozen.is_file() or frozen.read_text() == dump_session(session)
+    except (OSError, ValueError):
+        same = False
+    if not same:
         raise WorkbenchError(f"{out} was started from a different session than this one: "
                              "resume with the same session file, or choose another --out")
+    for name in started:
+        try:
+            load_checkpoint(out / name)
+        except WorkbenchError:
+            raise WorkbenchError(f"cannot resume {out}: {name} is damaged or not a checkpoint of this workbench; "
+                                 f"`--restart` starts the run again (keeping the file as {name}.old), or choose "
+                                 "another --out") from None
+    return True
+
+
+def _started(out: Path) -> list[str]:
+    return [name for name in (CHECKPOINT, BASELINE_CHECKPOINT) if (out / name).exists()]
+
+
+def _holds_run(out: Path, started: list[str]) -> WorkbenchError:
+    return WorkbenchError(f"{out} holds a training run already ({started[0]}): pass --resume to continue it, "
+                          f"--restart to start it again (the old checkpoint is kept as {started[0]}.old), or "
+                          "choose another --out")
+
+
+def _claim_check(out: Path, session: Session, resume: bool, restart: bool, force: bool) -> None:
+    """Run under the folder's lock, before the first write: the folder holds nothing but this
+    session's run (unless `force`), and a training run there is resumed or, with `restart` or
+    `force`, set aside (`finetune.ckpt.old`) to start again."""
+    if not force:
+        check_owner(out, dump_session(session))
+    started = _started(out)
+    if resume:
+        return
+    if started and not (restart or force):
+        raise _holds_run(out, started)
+    for name in started:
+        set_aside(out / name)
+
+
+def agree(place: Placement, check: Callable, share: bool = True):
+    """Run `check` on rank 0 only and give every process its outcome: its one-line error, raised
+    everywhere, or (with `share`) its result; without `share` the other ranks get None. Alone,
+    just `check()`."""
+    if place.world == 1:
+        return check()
+    outcome: list = [None, None]
+    if place.main:
+        try:
+            outcome[0] = check()
+        except Exception as exc:  # noqa: BLE001 - every rank must hear of it, not wait forever
+            outcome[1] = str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}"
+    message = [outcome[1], outcome[0] if share else None]
+    dist.broadcast_object_list(message, src=0)
+    if message[0] is not None:
+        raise WorkbenchError(message[0])
+    return outcome[0] if place.main else message[1]
 
 
 def override_session(session: Session, data: str | None = None, checkpoint: str | Path | None = None,
@@ -174,7 +331,8 @@ def override_session(session: Session, data: str | None = None, checkpoint: str 
     result is validated again as a whole: a conflict is one WorkbenchError line."""
     update = {}
     if data is not None:
-        update["data"] = DataSection(spec=str(data))
+        update["data"] = (session.data.model_copy(update={"spec": str(data)}) if session.data  # keeps normalize, split
+                          else DataSection(spec=str(data)))
     if checkpoint is not None:
         update["model"] = session.model.model_copy(update={"checkpoint": str(checkpoint)})
     if not update:
@@ -188,40 +346,72 @@ def override_session(session: Session, data: str | None = None, checkpoint: str 
 
 
 def replay(path: Path, out: Path, latency: bool = True, progress: Progress | None = None,
-           resume: bool = False, on_event: Events | None = None, data: str | None = None,
-           checkpoint: str | Path | None = None) -> Run:
+           resume: bool | str = False, on_event: Events | None = None, data: str | None = None,
+           checkpoint: str | Path | None = None, trust: bool = False, restart: bool = False,
+           force: bool = False, tensorboard: bool = False, csv: bool = False, measure: dict | None = None) -> Run:
     """Run the session at `path` and write the run directory `out` (on rank 0 only when
     torchrun started several processes). `on_event` receives every training event. `data`
     and `checkpoint` replace the session's `[data] spec` and `[model] checkpoint` (relative
-    paths from the current folder); the frozen session.toml holds the replaced values."""
+    paths from the current folder); the frozen session.toml holds the replaced values.
+
+    `resume` continues the training run in `out` (`"auto"`: if it holds a checkpoint, else
+    starts one); `restart` starts it again, its checkpoints set aside; `force` writes into a
+    folder that holds another session's files; `trust` lets code the session names run. The
+    folder is checked first (rank 0 decides for every process), and again under its lock
+    right before the first write. `tensorboard` and `csv` add those views of the events
+    (core.tracking), as the session's `[log]` does. `measure` (device, batch_sizes "1,64", threads)
+    replaces those keys of the session's `[measure]`."""
     say = progress or (lambda what: None)
     session = override_session(load_session(path).resolved(Path(path).resolve().parent), data, checkpoint, str(path))
-    _check_out(out, session, resume)
+    if measure:
+        session = session.model_copy(update={"measure": measure_override(session.measure, **measure)})
+    if session.measure is not None:
+        parse_device(session.measure.device)  # a CUDA device this machine lacks: one line, before anything runs
+    configure_threads(session.measure.threads if session.measure else None)
+    out = Path(out)
+    check_out_folder(out)
+    target = session.target(trust)
     place = Placement.detect()
+    check_amp(session.finetune, place)
+    if session.train is not None and session.model.checkpoint is None:
+        check_amp([session.train], place, "baseline")
+    resume = agree(place, lambda: _check_out(out, session, resume, restart, force))
     say("opening the model")
-    opened = open_target(session.target())
+    opened = open_target(target)
     train = session.train is not None and session.model.checkpoint is None
     if train:  # bad layer names or pivots fail now, not after training the baseline
         say("checking the compression steps on the untrained model")
         _check_pivots(session, *_compress_structure(session, opened))
     writer = None
+    log = session.log
+    tracker = Tracker(out, tensorboard or bool(log and log.tensorboard), csv or bool(log and log.csv))
 
     def emit(event: dict) -> None:
         if writer is not None:
             writer.event(event)
+            tracker(event)
         if on_event is not None and place.main:
             on_event(event)
 
+    def claim() -> RunWriter:
+        return RunWriter(out, lambda: _claim_check(out, session, resume, restart, force))
+
     try:
         if train:
-            writer = RunWriter(out) if place.main else None
+            writer = agree(place, claim, share=False)
             if place.main:
                 save_session(session, out / "session.toml")
             opened = _train_baseline(opened, session.train, out, resume, place, emit, say)
-        run = run_session(session, latency, progress, opened)
+        run = run_session(session, latency, progress, opened, measure=place.world == 1)
+        if place.world > 1 and place.main:  # measured once, by rank 0, on its device, the others waiting
+            say("measuring the baseline and the compressed models")
+            with measuring(place):
+                measure_run(run, latency, place.device)
+        run.report["device"] = place.name
         _check_pivots(session, run.compressed.model, run.compressed.loaded.arch)
-        if place.main:  # the compression is computed and valid: write it
-            writer = writer or RunWriter(out)
+        if not train:  # the compression is computed and valid: take the folder, then write it
+            writer = agree(place, claim, share=False)
+        if place.main:
             say(f"writing {out}")
             save_session(session, out / "session.toml")
             for name, (model, arch) in run.models.items():
@@ -242,6 +432,8 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
         if writer is not None:
             writer.close("failed", str(exc) if isinstance(exc, WorkbenchError) else f"{type(exc).__name__}: {exc}")
         raise
+    finally:
+        tracker.close()
     return run
 
 
@@ -250,7 +442,8 @@ def _compress_structure(session: Session, opened: Opened):
     model, arch, shape = opened.model, opened.loaded.arch, opened.input_shape
     if session.prune is not None:
         p = session.prune
-        plan = Planner(model, arch, shape, coupled=p.coupled, ignore=p.ignore).plan(p)
+        plan = Planner(model, arch, shape, coupled=p.coupled, ignore=p.ignore,
+                       dataset=opened.data.name if opened.data else None).plan(p)
         model, arch = apply_pruning(model, arch, plan.keep(), shape)
     if session.decompose is not None:
         decomposer = Decomposer(model, arch, shape)
@@ -276,7 +469,7 @@ def _train_baseline(opened: Opened, stage, out: Path, resume: bool, place: Place
     done = out / "baseline.safetensors"
     if resume and done.is_file():
         say("reading the trained baseline")
-        return Opened(load_model(checkpoint=done), opened.data, opened.input_shape)
+        return Opened(load_model(arch.model, done), opened.data, opened.input_shape)
     resumed = load_checkpoint(out / BASELINE_CHECKPOINT) if resume and (out / BASELINE_CHECKPOINT).exists() else None
     say("training the baseline")
     trainer = Trainer(opened.model, None, arch, opened.data, [stage], opened.input_shape, emit,
@@ -303,10 +496,15 @@ def _finetune(run: Run, session: Session, out: Path, latency: bool, resumed: dic
         if not place.main:
             return {"name": name, **result}
         say(f"measuring after fine-tuning stage {index + 1} ({result['mode']})")
-        costs = measure_costs(Opened(Loaded(model.eval(), arch, name, []), compressed.data, compressed.input_shape),
-                              latency)
+        # measured as the earlier steps: a contiguous copy on the CPU (channels_last is a training layout)
+        measured = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+        where = session.measure or MeasureSection()
+        with measuring(place):
+            costs = measure_costs(Opened(Loaded(measured, arch, name, []), compressed.data, compressed.input_shape),
+                                  latency, where.device, tuple(where.batch_sizes))
         step = {"name": name, "params": costs.params, "flops": costs.flops,
-                "latency_ms": costs.latency.median_ms if costs.latency else None, "accuracy": result["test_acc"],
+                "latency_ms": costs.latency.median_ms if costs.latency else None,
+                "latency": [lat.as_dict() for lat in costs.latencies], "accuracy": result["test_acc"],
                 "layers": [], **result}
         save_step_model(out, f"finetune-{index + 1}-{result['mode']}", model.cpu(), arch)
         model.to(place.device)

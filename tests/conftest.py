@@ -1,10 +1,22 @@
-"""Shared fixtures: paths to ../shared and small real inputs."""
+"""Shared fixtures: paths to ../shared and small real inputs.
+
+The suite runs in parallel (pytest-xdist, see pyproject's addopts): each worker, and every
+process a test starts, uses one torch thread, so the workers do not collapse each other's
+thread pools on a small machine."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import pytest
+os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, and inherited by subprocesses
+os.environ["MKL_NUM_THREADS"] = "1"
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SEEDS = REPO.parent / "shared" / "seed-checkpoints"
@@ -16,3 +28,10 @@ def seeds() -> Path:
     if not SEEDS.is_dir():
         pytest.fail(f"{SEEDS} is missing: the tests need ../shared beside the repository")
     return SEEDS
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Code under test may set torch's thread count (the app, `--threads`): restore one."""
+    yield
+    torch.set_num_threads(1)

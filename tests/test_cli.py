@@ -1,4 +1,5 @@
-"""The `workbench` command as a user runs it: real subprocesses, real files."""
+"""The `workbench` command as a user runs it: real files; in-process (`run_cli`) except where
+the test is about a separate process (a user's class importable from its PYTHONPATH)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import pytest
 
 from core.measure import count_flops, count_params
 from core.models.checkpoint import load_model
+from tests.cli_runner import run_cli
 from tests.test_checkpoint import save_user_net
 
 
-def run(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
+def run_process(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
                           env=env, timeout=300)
+
+
+run = run_cli
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess, *words: str) -> None:
@@ -79,9 +84,9 @@ def test_inspect_user_model_needs_trust_pickle(tmp_path, monkeypatch):
     original, path = save_user_net(tmp_path, monkeypatch)
     args = ("inspect", "--checkpoint", str(path), "--input-size", "2x9x9", "--no-latency")
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the class is importable, as for its user
-    assert_one_line_error(run(*args, env=env), "wb_user_nets.TinyNet", "--model", "--trust-pickle")
+    assert_one_line_error(run_process(*args, env=env), "wb_user_nets.TinyNet", "--model", "--trust-pickle")
     out = tmp_path / "user.json"
-    result = run(*args, "--trust-pickle", "--json", str(out), env=env)
+    result = run_process(*args, "--trust-pickle", "--json", str(out), env=env)
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
     assert doc["model"] == "wb_user_nets:TinyNet" and doc["params"] == count_params(original)

@@ -159,15 +159,22 @@ def test_cp3_ranks_match_the_reference_file(seeds, decomposer):
     assert plan.params[1] == 388_766
 
 
-@pytest.mark.parametrize("name, layers", [("mobilenet_v1_cifar", 13), ("mobilenet_v2_cifar", 38)])
+@pytest.mark.parametrize("name, layers", [("mobilenet_v1_cifar", 13), ("mobilenet_v2_cifar", 44)])
 def test_cifar_mobilenets_default_layers(name, layers):
     arch = Arch(name, 10)
     model = zoo.build(arch).eval()
     decomposer = Decomposer(model, arch, CIFAR)
     names = decomposer.default_layers()
     assert len(names) == layers
-    assert all(model.get_submodule(n).kernel_size == (1, 1) and model.get_submodule(n).groups == 1 for n in names)
+    pointwise = names[1:] if name == "mobilenet_v2_cifar" else names
+    assert all(model.get_submodule(n).kernel_size == (1, 1) and model.get_submodule(n).groups == 1 for n in pointwise)
     if name == "mobilenet_v2_cifar":
+        # the reference script's filter (names ending in conv1, conv3 or 0): the stem, every block's
+        # expansion and projection, and the 5 shortcut convs (stride-1 blocks that change width)
+        blocks = [f"layers.{i}" for i in range(19)]
+        shortcuts = [f"layers.{i}.shortcut.0" for i in (0, 1, 3, 10, 18)]
+        assert names[0] == "conv1" and model.conv1.kernel_size == (3, 3)
+        assert set(names) == {"conv1", *shortcuts, *(f"{b}.{c}" for b in blocks for c in ("conv1", "conv3"))}
         plan = decomposer.plan(DecomposeSection(x=2.0, layers=names[:4]))
         new, _ = apply_decomposition(model, arch, plan)
         assert (count_params(new), count_flops(new, CIFAR)) == (plan.params[1], plan.flops[1])

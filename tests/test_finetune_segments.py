@@ -88,23 +88,25 @@ def test_even_pivots_by_hand():
 
 
 def test_pivot_weights_by_hand():
-    assert pivot_weights([9, 18], 27, 3.0) == pytest.approx([1 / 27, 8 / 27, 1.0])
-    assert pivot_weights([9, 18], 27, 3.0) == pytest.approx([(9 / 27) ** 3, (18 / 27) ** 3, 1.0])
-    assert pivot_weights([9, 18], 27, 10.0) == pytest.approx([0.01, (18 / 27) ** 10, 1.0])
-    assert pivot_weights([5], 9, 0.0) == [1.0, 1.0]
+    # METHOD.md eq. 14: divided by the last AUXILIARY pivot (the reference's pivot_set[-1])
+    assert pivot_weights([9, 18], 3.0) == pytest.approx([0.125, 1.0, 1.0])
+    assert pivot_weights([9, 18], 3.0) == pytest.approx([(9 / 18) ** 3, (18 / 18) ** 3, 1.0])
+    assert pivot_weights([3, 18], 3.0) == pytest.approx([0.01, 1.0, 1.0])  # (1/6)^3 = 0.0046 -> floor 0.01
+    assert pivot_weights([18, 36], 1.0) == pytest.approx([0.5, 1.0, 1.0])
+    assert pivot_weights([5], 0.0) == [1.0, 1.0]
 
 
 def test_predefined_pivots():
     model, arch = cifar("resnet56")
     p = resolve_pivots(model, arch, aux(n_losses=2))
     assert (p.modules, p.positions, p.last) == (["layer1.8", "layer2.8"], [9, 18], 27)
-    assert p.gammas == pytest.approx([(9 / 27) ** 3, (18 / 27) ** 3, 1.0])
+    assert p.gammas == pytest.approx([0.125, 1.0, 1.0])  # METHOD.md: ResNet-56, [9, 18], v = 3
     assert resolve_pivots(model, arch, aux(n_losses=1)).modules == ["layer2.8"]
     assert resolve_pivots(model, arch, aux(n_losses=3)).positions == [7, 14, 21]   # even
     deep, darch = cifar("resnet110")
     p = resolve_pivots(deep, darch, aux(n_losses=2, decay=1.0))
     assert p.positions == PREDEFINED[110][2] and p.modules == ["layer1.17", "layer2.17"]
-    assert p.gammas == pytest.approx([18 / 54, 36 / 54, 1.0])
+    assert p.gammas == pytest.approx([18 / 36, 1.0, 1.0])
 
 
 def test_even_and_given_pivots():
@@ -123,7 +125,7 @@ def test_pivot_modules_by_name():
     p = resolve_pivots(model, arch, aux(n_losses=2, pivot_modules=["1", "3"], decay=2.0))
     # named_modules: '', '0', '1', '2', '3', '4', '5' -> 1-based positions 3 and 5 of 7
     assert (p.modules, p.positions, p.last) == (["1", "3"], [3, 5], 7)
-    assert p.gammas == pytest.approx([(3 / 7) ** 2, (5 / 7) ** 2, 1.0])
+    assert p.gammas == pytest.approx([(3 / 5) ** 2, 1.0, 1.0])
     with pytest.raises(WorkbenchError, match="no module 'conv9'"):
         resolve_pivots(model, arch, aux(n_losses=1, pivot_modules=["conv9"]))
 

@@ -3,7 +3,9 @@ code 2 with nothing in the output folder touched; kill -9 anywhere in a replay, 
 `--resume`, damages no file and ends with the uninterrupted run's result; a second replay
 into a folder another replay is writing is refused instead of interleaved.
 
-Everything runs the real `python -m workbench` as a subprocess from the repository root."""
+The command runs in-process where one process is all the case needs (bad input), and as a
+real `python -m workbench` subprocess wherever processes are the point (kill -9, a second
+replay while the first runs)."""
 
 from __future__ import annotations
 
@@ -23,15 +25,16 @@ import torch
 from safetensors.torch import load_file
 
 from core.finetune.rundir import read_events, read_status
+from tests.cli_runner import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the installed package
 LOCKED = "is being written by another replay"
 
 
-def workbench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench", *args], cwd=REPO, env=ENV, capture_output=True,
-                          text=True, timeout=timeout, check=False)
+def workbench(*args: str) -> subprocess.CompletedProcess:
+    """`workbench ARGS` from the repository root, in-process (see tests/cli_runner.py)."""
+    return run_cli(*args, cwd=REPO)
 
 
 def start(session: Path, out: Path, *extra: str) -> subprocess.Popen:

@@ -4,10 +4,8 @@ model moved, and directories that hold no run)."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from textual.widgets import DataTable
 
 from core.finetune.rundir import RunWriter, read_events
 from core.session import load_session, save_session
+from tests.cli_runner import run_cli
 from tests.tui import drive, settle, text_of
 from workbench.app import Workbench
 from workbench.cli import main
@@ -39,8 +38,7 @@ log_every = 1
 
 
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=300)
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

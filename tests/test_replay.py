@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,13 @@ from core.models.checkpoint import load_model
 from core.pipeline import replay
 from core.prune.plan import Planner
 from core.session import load_session
+from tests.cli_runner import run_cli
 
 SESSIONS = Path(__file__).resolve().parents[1] / "sessions"
 
 
 def cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return run_cli(*args, cwd=cwd)
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SESSIONS.glob("demo-*.toml")))

@@ -19,6 +19,7 @@ from core.finetune.rundir import read_events, read_status
 from core.models.checkpoint import load_model, save_model
 from core.pipeline import override_session, replay
 from core.session import load_session
+from tests.cli_runner import run_cli
 from tests.test_data import write_fashion
 from workbench.replay_view import queue_dirs
 
@@ -29,13 +30,12 @@ UNKNOWN_KEY = '[model]\nname = "demo"\n[prune]\nstrategy = "P1"\nratio = 0.5\n'
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    return run_cli(*args, cwd=cwd)
 
 
 def summary_row(stdout: str, session: str) -> str:
-    """The summary table's row of a session (the table is printed unwrapped to a pipe)."""
-    rows = [line for line in stdout.splitlines() if line.startswith("│") and f" {session} " in line]
+    """The summary table's row of a session (the table is printed unwrapped, in ASCII, to a pipe)."""
+    rows = [line for line in stdout.splitlines() if line.startswith("|") and f" {session} " in line]
     assert len(rows) == 1, stdout[-3000:]
     return rows[0]
 
@@ -122,7 +122,7 @@ def test_a_stopped_session_does_not_stop_the_queue(tmp_path):
     assert "Traceback" not in stderr
     errors = stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith("error: stopped at stage 1 (ce)")
-    assert f"workbench replay long.toml --out {Path('runs/long')} --resume" in errors[0]
+    assert f"`workbench replay long.toml --out {Path('runs/long')} --no-latency --resume`" in errors[0]
     assert read_status(long)["state"] == "stopped"
     assert (tmp_path / "runs" / "after" / "report.json").is_file()
     assert " stopped " in summary_row(stdout, "long.toml") and " ok " in summary_row(stdout, "after.toml")

@@ -42,3 +42,23 @@ def duration(seconds: float | None) -> str:
         return "-"
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+def ms(x: float | None) -> str:
+    """Milliseconds with 3 decimals, so that values read alike side by side ('-' when unknown)."""
+    return "-" if x is None or not math.isfinite(x) else f"{x:.3f} ms"
+
+
+def plural(n: int, word: str) -> str:
+    """'1 input channel', '3 input channels', '10 classes'."""
+    return f"{n} {word}{'' if n == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def jb_p(jb: float | None, p: float | None) -> str:
+    """The Jarque-Bera p-value; one that underflows to 0 is shown from its closed form (chi-square
+    with 2 degrees of freedom: p = exp(-jb / 2)), so it reads as small, not as zero."""
+    if p is None or jb is None or p != 0 or not math.isfinite(jb):
+        return num(p, 3)
+    exponent = -jb / (2 * math.log(10))
+    e = math.floor(exponent)
+    return f"{10 ** (exponent - e):.2f}e{e}"

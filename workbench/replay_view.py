@@ -21,9 +21,11 @@ from rich.table import Table
 from rich.text import Text
 
 from core.errors import WorkbenchError
-from core.finetune.trainer import Stopped, distributed
-from core.pipeline import replay
+from core.finetune.rundir import default_run_dir
+from core.finetune.trainer import Placement, Stopped, distributed
+from core.pipeline import agree, replay
 from workbench.format import count, duration, num, percent
+from workbench.tables import for_console
 
 
 def _losses(event: dict) -> str:
@@ -40,8 +42,10 @@ def plain_line(event: dict) -> str | None:
 def _line(event: dict) -> str | None:
     kind = event.get("event")
     if kind == "stage":
+        where = f" on {event['device']}" if event.get("device") else ""
+        many = f" x {event['processes']} processes" if event.get("processes", 1) > 1 else ""
         return f"stage {event['stage'] + 1}/{event['stages']} ({event['mode']}): {event['epochs']} epochs of " \
-               f"{event['steps_per_epoch']} batches"
+               f"{event['steps_per_epoch']} batches{where}{many}"
     if kind == "step":
         return (f"stage {event['stage'] + 1} epoch {event['epoch'] + 1} batch {event['step']}/"
                 f"{event['steps_per_epoch']}: loss {num(event['loss'])} ({_losses(event)}) lr {num(event['lr'])} "
@@ -72,11 +76,15 @@ class LiveProgress:
             for task in (self.epochs, self.batches):
                 if task is not None:
                     p.remove_task(task)
-            label = f"stage {event['stage'] + 1}/{event['stages']} {event['mode']}"
+            label = f"stage {event['stage'] + 1}/{event['stages']} {event['mode']}" + \
+                (f" on {event['device']}" if event.get("device") else "")
             label = f"baseline {label}" if event.get("phase") == "baseline" else label
             self.epochs = p.add_task(f"{label} epochs", total=event["epochs"], info="")
             self.batches = p.add_task("batches", total=event["steps_per_epoch"], info="")
         elif kind == "step" and self.batches is not None:
+            done = next(t.completed for t in p.tasks if t.id == self.batches)
+            if event["step"] < done:  # a new epoch: its own elapsed time, not the last one's, frozen when full
+                p.reset(self.batches)
             p.update(self.batches, completed=event["step"],
                      description=f"epoch {event['epoch'] + 1} batches",
                      info=f"loss {num(event['loss'])} {event['images_per_s']:.0f} img/s ETA {duration(event['eta_s'])}")
@@ -89,18 +97,35 @@ class LiveProgress:
                 p.console.print(line)
 
 
-def run_replay(session: Path, out: Path, latency: bool, resume: bool = False, data: str | None = None,
-               checkpoint: Path | None = None):
-    """Replay one session into `out` with progress and the steps table; returns the Run."""
+def resume_command(session: Path, out: Path, latency: bool, data: str | None, checkpoint: Path | None,
+                   trust: bool, measure: dict | None = None) -> str:
+    """The command that continues a stopped replay: the options it was given, then --resume."""
+    words = ["workbench", "replay", str(session), "--out", str(out), *([] if latency else ["--no-latency"]),
+             *(["--data", data] if data is not None else []),
+             *(["--checkpoint", str(checkpoint)] if checkpoint is not None else []),
+             *(["--trust-pickle"] if trust else []),
+             *(word for key, value in (measure or {}).items() for word in (f"--{key.replace('_', '-')}", str(value))),
+             "--resume"]
+    return shlex.join(words)
+
+
+def run_replay(session: Path, out: Path | None, latency: bool, resume: bool | str = False, data: str | None = None,
+               checkpoint: Path | None = None, trust: bool = False, restart: bool = False, force: bool = False,
+               tensorboard: bool = False, csv: bool = False, measure: dict | None = None):
+    """Replay one session into `out` (None: a new `runs/<session name>[-N]`, or with `resume`
+    the last one) with progress and the steps table; returns the Run."""
     out_console, err = Console(), Console(stderr=True)
     quiet = int(os.environ.get("RANK", "0")) != 0  # torchrun: only rank 0 prints
     start = time.perf_counter()
-    given = {"data": data, "checkpoint": checkpoint}
+    given = {"data": data, "checkpoint": checkpoint, "trust": trust, "restart": restart, "force": force,
+             "tensorboard": tensorboard, "csv": csv, "measure": measure}
 
     def stamp(text: str) -> None:
         print(f"[{time.perf_counter() - start:7.1f}s] {text}", flush=True)
 
     with distributed():
+        if out is None:  # rank 0 picks it, so every process writes to the same folder
+            out = agree(Placement.detect(), lambda: default_run_dir(Path("runs") / session.stem, bool(resume)))
         try:
             if quiet:
                 run = replay(session, out, latency, resume=resume, **given)
@@ -113,12 +138,11 @@ def run_replay(session: Path, out: Path, latency: bool, resume: bool = False, da
                 run = replay(session, out, latency, stamp, resume,
                              lambda event: (line := plain_line(event)) and stamp(line), **given)
         except Stopped as exc:
-            again = "".join(f" --{k} {shlex.quote(str(v))}" for k, v in given.items() if v is not None)
-            raise Stopped(f"{exc}; checkpoint in {out}: continue with `workbench replay {session} --out {out}"
-                          f"{again} --resume`") from None
+            again = resume_command(session, out, latency, data, checkpoint, trust, measure)
+            raise Stopped(f"{exc}; checkpoint in {out}: continue with `{again}`") from None
     if quiet:
         return run
-    out_console.print(steps_table(run.report["steps"], f"{session} -> {out}"))
+    out_console.print(for_console(steps_table(run.report["steps"], f"{session} -> {out}"), out_console))
     out_console.print(f"wrote {out / 'report.json'} in {time.perf_counter() - start:.1f} s")
     return run
 
@@ -154,8 +178,9 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(text.split()) or type(exc).__name__
 
 
-def run_queue(sessions: list[Path], parent: Path | None, latency: bool, resume: bool = False,
-              data: str | None = None, checkpoint: Path | None = None) -> int:
+def run_queue(sessions: list[Path], parent: Path | None, latency: bool, resume: bool | str = False,
+              data: str | None = None, checkpoint: Path | None = None, trust: bool = False, restart: bool = False,
+              force: bool = False, tensorboard: bool = False, csv: bool = False, measure: dict | None = None) -> int:
     """Replay the sessions in turn, each into its own run directory (`parent/<stem>`, default
     runs/<stem>). A failure or a stop is reported in one line and the queue goes on; a
     summary table ends it. Returns the exit code: 0 all ok, 3 only stops, else 2."""
@@ -169,7 +194,8 @@ def run_queue(sessions: list[Path], parent: Path | None, latency: bool, resume: 
             try:
                 if not session.is_file():
                     raise WorkbenchError(f"session file {session} does not exist")
-                run = run_replay(session, out, latency, resume, data, checkpoint)
+                run = run_replay(session, out, latency, resume, data, checkpoint, trust, restart, force,
+                                 tensorboard, csv, measure)
                 outcomes.append(Outcome(session, out, "ok", run.report["steps"][-1]))
             except KeyboardInterrupt:
                 outcomes.append(Outcome(session, out, "stopped", error="interrupted"))
@@ -189,7 +215,7 @@ def run_queue(sessions: list[Path], parent: Path | None, latency: bool, resume: 
         if not console.is_terminal:  # a log file: as wide as the table needs, never wrapped
             wide = Measurement.get(console, console.options.update_width(1000), table).maximum
             console = Console(width=max(80, wide))
-        console.print(table)
+        console.print(for_console(table, console))
     states = {o.state for o in outcomes}
     return 0 if states == {"ok"} else 3 if "failed" not in states else 2
 

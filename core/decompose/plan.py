@@ -41,6 +41,7 @@ class LayerDecomposition:
     flops: tuple[int, int]
     error: float | None = None    # ||W - W_hat||_F / ||W||_F once computed
     skipped: str | None = None    # why the layer stays as it is
+    time_ms: tuple[float, float] | None = None  # measured forward time before, after (skip_slower)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Decomposer:
         self.params = count_params(model)
         self._vbmf: dict[str, tuple[int, ...]] = {}
         self._built: dict[tuple, nn.Sequential] = {}
+        self.timing = ("cpu", 1)  # device and batch size of skip_slower's per-layer times
 
     def _record(self, site: _Site, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
         if site.kind == "conv":
@@ -125,15 +127,18 @@ class Decomposer:
 
     def default_layers(self) -> list[str]:
         """METHOD.md's layers: CIFAR ResNet conv1 and conv2 of every residual block; CIFAR MobileNet
-        v1 the pointwise convs; v2 the expansion and projection 1x1 convs. Any other model: every
-        dense (groups = 1) Conv2d with a kernel larger than 1x1 except the first to run (the stem)."""
+        v1 the pointwise convs; v2 what the reference decomposition script's filter picks (names
+        ending in conv1, conv3 or 0): the stem, each block's expansion and projection 1x1 convs and
+        its shortcut conv. Any other model: every dense (groups = 1) Conv2d with a kernel larger
+        than 1x1 except the first to run (the stem)."""
         m = self.model
         if isinstance(m, CifarResNet):
             names = [f"{n}.{c}" for n, b in m.named_modules() if isinstance(b, BasicBlock) for c in ("conv1", "conv2")]
         elif isinstance(m, CifarMobileNetV1):
             names = [f"{n}.conv2" for n, b in m.named_modules() if isinstance(b, V1Block)]
         elif isinstance(m, CifarMobileNetV2):
-            names = [f"{n}.{c}" for n, b in m.named_modules() if isinstance(b, V2Block) for c in ("conv1", "conv3")]
+            names = ["conv1"] + [f"{n}.{c}" for n, b in m.named_modules() if isinstance(b, V2Block)
+                                 for c in ("conv1", "conv3", "shortcut.0")]
         else:
             convs = {n: s for n, s in self.sites.items() if s.kind == "conv"}
             ran = [s.order for s in convs.values() if s.order is not None]
@@ -241,6 +246,9 @@ class Decomposer:
     def plan(self, settings: DecomposeSection, errors: bool = False) -> DecomposePlan:
         """Ranks and costs of every selected layer; with `errors`, also decompose each and fill `error`."""
         layers = [self._entry(name, settings) for name in self.selection(settings)]
+        if settings.skip_slower:
+            from core.layer_times import skip_slower
+            skip_slower(self, layers)
         if errors:
             for layer in layers:
                 if layer.skipped is None:

@@ -4,7 +4,8 @@ Files: `metrics.jsonl` (one JSON event per line, appended and flushed as it happ
 `status.json` (pid, state, heartbeat, message; rewritten atomically), `session.toml` (the
 frozen session), `finetune.ckpt` / `baseline.ckpt` (the latest training checkpoints), the models and
 `report.json`/`report.md` (written last). `.lock` holds an exclusive lock while a replay
-writes, so a second replay into the same folder is refused instead of interleaved.
+writes, so a second replay into the same folder is refused instead of interleaved; what the
+folder may hold is checked under that lock (`RunWriter(check=...)`), before anything is written.
 
 Events (key `event`): `stage` (a fine-tuning stage starts), `step` (every `log_every`
 batches: losses, lr, images/s, ETA), `epoch` (averages and validation accuracy),
@@ -20,8 +21,9 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from core.atomic import write_json
+from core.atomic import sweep_temps, write_json
 from core.errors import WorkbenchError
 
 METRICS = "metrics.jsonl"
@@ -29,7 +31,79 @@ STATUS = "status.json"
 CHECKPOINT = "finetune.ckpt"
 BASELINE_CHECKPOINT = "baseline.ckpt"   # while a `[train]` section trains the baseline
 LOCK = ".lock"
+SESSION = "session.toml"
 STATES = ("running", "done", "stopped", "failed")
+SKELETON = {METRICS, STATUS, LOCK, "stdout.log"}  # what a run killed before freezing its session leaves
+SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
+
+def check_out_folder(out: Path) -> None:
+    """One WorkbenchError line when `out` cannot become a run directory: a file, a path under
+    a file, a system folder, or a folder this user cannot write. Reads only (no torch)."""
+    path = Path(os.path.abspath(Path(out).expanduser()))
+    if any(path == Path(s) or Path(s) in path.parents for s in SYSTEM_FOLDERS):
+        raise WorkbenchError(f"--out {out} is inside the system folder {path.parts[0]}{path.parts[1]}: "
+                             "pick a folder of your own")
+    if path.exists() and not path.is_dir():
+        raise WorkbenchError(f"--out {out} is a file, not a folder: pick a folder (it is created if missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise WorkbenchError(f"--out {out} is under the file {existing}: pick a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise WorkbenchError(f"--out {out}: cannot write in {existing} (permission denied): pick a folder you "
+                             "can write")
+
+
+def check_owner(out: Path, session_text: str) -> None:
+    """Refuse a folder holding files the workbench did not write for this session: another
+    session's run (its frozen session.toml differs) or, without a session.toml, anything but
+    the files a run killed at its start leaves."""
+    out = Path(out)
+    if not out.is_dir():
+        return
+    frozen = out / SESSION
+    if frozen.is_file():
+        try:
+            same = frozen.read_text() == session_text
+        except (OSError, ValueError):
+            same = False
+        if same:
+            return
+        raise WorkbenchError(f"{out} holds the run of another session ({frozen} differs from this session): "
+                             "pick another --out, or pass --force to write over it")
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in SKELETON and not is_temp(p.name))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise WorkbenchError(f"{out} holds files this workbench did not write for this session ({shown}): "
+                             "pick another --out (a new or empty folder), or pass --force to write over them")
+
+
+def is_temp(name: str) -> bool:
+    """An atomic write's temp file (`.NAME.PID.*.tmp`)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def set_aside(path: Path) -> Path:
+    """Rename `path` to `path.old` (`.old-2`, ... when taken) and return the new path."""
+    target, n = path.with_name(f"{path.name}.old"), 2
+    while target.exists():
+        target, n = path.with_name(f"{path.name}.old-{n}"), n + 1
+    path.rename(target)
+    return target
+
+
+def default_run_dir(base: Path, resume: bool) -> Path:
+    """The run directory when --out is not given: `base` (runs/<session name>), else the first
+    of `base-2`, `base-3`, ... that does not exist yet; with `resume`, the last that exists."""
+    candidates = (base if n == 1 else base.with_name(f"{base.name}-{n}") for n in range(1, 10_000))
+    last = None
+    for path in candidates:
+        if not path.exists():
+            return (last or path) if resume else path
+        last = path
+    raise WorkbenchError(f"{base}: 10,000 run directories already: pass --out")
 
 
 def _clean(value):
@@ -46,25 +120,52 @@ def _clean(value):
 class RunWriter:
     """Owns a run directory while a replay writes it: the lock, the status and the metrics."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, check: Callable[[], None] | None = None):
+        """Take the folder's lock, then run `check` (which may refuse the folder) while holding
+        it, then sweep the temp files of dead writers and mark the run running. A refused
+        folder is left as it was (a folder or lock file made here is removed again)."""
         self.path = Path(path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.path / LOCK, "a")
+        created, had_lock = not self.path.exists(), (self.path / LOCK).exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / LOCK, "a")
+        except OSError as exc:
+            raise WorkbenchError(f"cannot write in {self.path}: {exc.strerror or exc}; pick another --out") from None
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock.close()
             raise WorkbenchError(f"{self.path} is being written by another replay (see its status.json): "
                                  "wait for it, stop it, or pick another --out") from None
-        self._metrics = open(self.path / METRICS, "a")
+        try:
+            if check is not None:
+                check()
+            sweep_temps(self.path)
+            self._metrics = open(self.path / METRICS, "a")
+        except BaseException as exc:
+            self._lock.close()  # releases the lock
+            for undo in ([] if had_lock else [lambda: (self.path / LOCK).unlink()]) + \
+                    ([self.path.rmdir] if created else []):
+                try:
+                    undo()
+                except OSError:
+                    pass
+            if isinstance(exc, OSError):
+                raise WorkbenchError(f"cannot write in {self.path}: {exc.strerror or exc}; pick another --out") \
+                    from None
+            raise
         self.status: dict = {"pid": os.getpid(), "state": "running", "started": time.time(), "message": None}
         self.heartbeat()
 
     def event(self, event: dict) -> None:
         """Append one event to metrics.jsonl (flushed at once) and refresh the heartbeat."""
         event = {**_clean(event), "time": time.time()}
-        self._metrics.write(json.dumps(event) + "\n")
-        self._metrics.flush()
+        try:
+            self._metrics.write(json.dumps(event) + "\n")
+            self._metrics.flush()
+        except OSError as exc:
+            raise WorkbenchError(f"cannot write {self.path / METRICS}: {exc.strerror or exc}; check the folder "
+                                 "and free space") from None
         for key in ("stage", "epoch"):
             if key in event:
                 self.status[key] = event[key]
@@ -79,10 +180,19 @@ class RunWriter:
         write_json(self.path / STATUS, self.status)
 
     def close(self, state: str, message: str | None = None) -> None:
-        self.heartbeat(state, message)
-        self._metrics.close()
-        fcntl.flock(self._lock, fcntl.LOCK_UN)
-        self._lock.close()
+        """Record the final state and release the folder. When the run ends in failure, a
+        status that cannot be written (the folder turned read-only) does not hide that failure."""
+        try:
+            self.heartbeat(state, message)
+        except WorkbenchError:
+            if state == "done":
+                raise
+        finally:
+            for handle in (self._metrics, self._lock):
+                try:
+                    handle.close()  # closing the lock file releases the lock
+                except OSError:
+                    pass
 
 
 def read_status(path: Path) -> dict | None:

@@ -28,7 +28,7 @@ PREDEFINED = {56: {1: [18], 2: [9, 18]}, 110: {1: [18], 2: [18, 36]}}  # depth -
 @dataclass
 class Pivots:
     """Pivot modules (one per auxiliary loss, in order), their positions, the final loss's
-    position `last`, and the weights `gammas` (n_losses + 1, the last 1.0)."""
+    position `last` (the block count), and the weights `gammas` (n_losses + 1, the last 1.0)."""
 
     modules: list[str]
     positions: list[int]
@@ -63,13 +63,14 @@ def even_pivots(blocks: int, n_losses: int) -> list[int]:
     return pivots
 
 
-def pivot_weights(positions: list[int], last: int, decay: float) -> list[float]:
-    """Eq. 14: gamma_k = max((pivot_k / pivot_last) ** decay, 0.01) per auxiliary loss, then 1.0.
+def pivot_weights(positions: list[int], decay: float) -> list[float]:
+    """Eq. 14: gamma_k = max((pivot_k / pivot_K) ** decay, 0.01) per auxiliary loss, then 1.0
+    for the final (CE + MSE) loss, which is not scaled.
 
-    pivot_last = `last` is the block count of the whole network, where the final loss sits,
-    so the same formula gives the final loss gamma 1.
+    pivot_K is the LAST AUXILIARY pivot (the reference's pivot_set[-1], METHOD.md), not the
+    block count: ResNet-56 pivots [9, 18] with v = 3 give [0.125, 1.0, 1.0].
     """
-    return [max((p / last) ** decay, 0.01) for p in positions] + [1.0]
+    return [max((p / positions[-1]) ** decay, 0.01) for p in positions] + [1.0]
 
 
 def resolve_pivots(model: nn.Module, arch: Arch, stage: FinetuneStage) -> Pivots:
@@ -82,7 +83,7 @@ def resolve_pivots(model: nn.Module, arch: Arch, stage: FinetuneStage) -> Pivots
             raise WorkbenchError(f"pivot_modules: {arch.model} has no module '{missing}'")
         positions = [names.index(n) + 1 for n in stage.pivot_modules]
         return Pivots(list(stage.pivot_modules), positions, len(names),
-                      pivot_weights(positions, len(names), stage.decay))
+                      pivot_weights(positions, stage.decay))
     blocks = block_names(model, arch)
     if stage.pivots is not None:
         if stage.pivots[-1] >= len(blocks):
@@ -93,7 +94,7 @@ def resolve_pivots(model: nn.Module, arch: Arch, stage: FinetuneStage) -> Pivots
     else:
         positions = even_pivots(len(blocks), stage.n_losses)
     return Pivots([blocks[p - 1] for p in positions], list(positions), len(blocks),
-                  pivot_weights(positions, len(blocks), stage.decay))
+                  pivot_weights(positions, stage.decay))
 
 
 @contextmanager

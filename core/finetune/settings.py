@@ -1,7 +1,9 @@
 """One fine-tuning stage as the session file states it (`[[finetune]]`).
 
 Unset fields take METHOD.md's reference values for the stage's mode: step 3 (`mse`,
-`aux`) lr 1e-3, 140 epochs, milestones [80, 120]; step 4 (`ce`) lr 1e-4, 30 epochs."""
+`aux`) lr 1e-3, 140 epochs, milestones [80, 120] (`aux` with nesterov); step 4 (`ce`)
+lr 1e-4, 30 epochs, or after a decomposition (A2/A3, `AFTER_DECOMPOSITION`, filled in by the
+session) lr 1e-3, 40 epochs, milestones [20]."""
 
 from __future__ import annotations
 
@@ -13,8 +15,24 @@ MODES = ("ce", "mse", "aux")
 REFERENCE = {  # METHOD.md: step 3 (reconstruction losses) and step 4 (plain CE)
     "ce": {"lr": 1e-4, "epochs": 30, "milestones": []},
     "mse": {"lr": 1e-3, "epochs": 140, "milestones": [80, 120]},
-    "aux": {"lr": 1e-3, "epochs": 140, "milestones": [80, 120]},
+    "aux": {"lr": 1e-3, "epochs": 140, "milestones": [80, 120], "nesterov": True},
 }
+# step 4 after a decomposition step (main_finetune_model_decomposed.py); after pruning alone REFERENCE["ce"]
+AFTER_DECOMPOSITION = {"lr": 1e-3, "epochs": 40, "milestones": [20]}
+
+
+def step4_after_decomposition(stage):
+    """A `[[finetune]]` table (dict) with AFTER_DECOMPOSITION under its own keys if it is a `ce`
+    stage; anything else unchanged."""
+    if isinstance(stage, dict) and stage.get("mode") == "ce":
+        return {**AFTER_DECOMPOSITION, **stage}
+    return stage
+
+
+def reference_stage(mode: str, decomposed: bool = False) -> "FinetuneStage":
+    """A stage of `mode` with every key at its default, in a session with (`decomposed`) or
+    without a decomposition step."""
+    return FinetuneStage.model_validate(step4_after_decomposition({"mode": mode}) if decomposed else {"mode": mode})
 
 
 class FinetuneStage(BaseModel):
@@ -39,9 +57,12 @@ class FinetuneStage(BaseModel):
     max_steps: Optional[int] = Field(None, ge=1)  # cap on batches per epoch (quick runs)
     checkpoint_every: int = Field(200, ge=1)   # steps between checkpoints (and every epoch)
     log_every: int = Field(10, ge=1)           # steps between step events
-    amp: Literal["off", "bf16", "fp16"] = "off"   # autocast on CUDA
+    aux_target: Literal["teacher", "zeros"] = "teacher"  # aux: intermediate targets ("zeros": the reference's bug)
+    amp: Literal["off", "bf16", "fp16"] = "off"   # autocast on CUDA (refused without a GPU)
     channels_last: bool = False
+    deterministic: bool = False                # deterministic CUDA kernels (bit-for-bit resume on GPUs)
     seed: int = 0
+    workers: Optional[int] = Field(None, ge=0)  # batch-building processes (None: core.finetune.loader decides)
 
     @model_validator(mode="before")
     @classmethod
@@ -57,6 +78,8 @@ class FinetuneStage(BaseModel):
             raise ValueError(f"milestones must be increasing epoch numbers >= 1 (got {self.milestones})")
         if self.mode != "aux" and (self.pivots is not None or self.pivot_modules is not None):
             raise ValueError("pivots and pivot_modules only apply to mode = \"aux\"")
+        if self.mode != "aux" and self.aux_target != "teacher":
+            raise ValueError("aux_target only applies to mode = \"aux\"")
         if self.pivots is not None and self.pivot_modules is not None:
             raise ValueError("give pivots (block counts) or pivot_modules (module names), not both")
         for given in (self.pivots, self.pivot_modules):

@@ -4,8 +4,15 @@ run stop anywhere and resume to the same weights.
 
 Determinism: the batch order of (stage, epoch) comes from a generator seeded with those
 numbers, and the global RNG is re-seeded before each batch (augmentation, dropout), so a run
-resumed from a checkpoint continues bit for bit. Under torchrun every rank builds the same
-global batch and trains on its slice, so N processes agree with one on the same batch.
+resumed from a checkpoint continues bit for bit on a CPU, and on CUDA with `deterministic =
+true`. Under torchrun every rank builds the same global batch and trains on its slice (each
+rank draws its own dropout), so N processes agree with one on the same batch up to rounding.
+
+Several processes exchange at fixed points only: one all-reduce of the gradients and one
+broadcast of rank 0's buffers per batch, and one all-reduce of the status (stop request,
+failures, loss sums) at every logged batch. A failure on one rank (out of memory, no
+deterministic kernel) is recorded there, that rank keeps joining the exchanges, and every
+rank raises the same error at the next logged batch, before anything is saved.
 """
 
 from __future__ import annotations
@@ -25,19 +32,24 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset
 
 from core.atomic import atomic_path
 from core.data import DataSplits
 from core.errors import WorkbenchError
+from core.finetune.loader import EpochBatches, auto_workers, batch_seed, fetch
 from core.finetune.losses import aux_loss, ce_loss, final_mse_loss
 from core.finetune.segments import capture, loss_reach, resolve_pivots
 from core.finetune.settings import FinetuneStage
 from core.models.zoo import Arch
 
 CHECKPOINT_VERSION = 1
-EVAL_BATCH = 256
+EVAL_BATCH = 256          # evaluation batch per process (at most the training batch per process)
+AMP_DEVICES = ("cuda",)   # device types on which `amp` may be asked for
+CUBLAS_DETERMINISTIC = ":4096:8"
 Emit = Callable[[dict], None]
+# what a step may fail with on one process and how it is told (code -> what)
+OUT_OF_MEMORY, NOT_DETERMINISTIC = 1, 2
 
 
 class Stopped(WorkbenchError):
@@ -56,15 +68,28 @@ class Placement:
 
     @classmethod
     def detect(cls) -> "Placement":
-        """CUDA when present; the process group's rank and size when torchrun started us."""
+        """CUDA when present (the GPU torchrun's LOCAL_RANK names, one per process); the
+        process group's rank and size when torchrun started us."""
         distributed = dist.is_available() and dist.is_initialized()
         rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        if torch.cuda.is_available():
-            device = torch.device("cuda", rank % torch.cuda.device_count())
-            torch.cuda.set_device(device)
-        else:
-            device = torch.device("cpu")
+        if not torch.cuda.is_available():
+            return cls(torch.device("cpu"), rank, world)
+        count = torch.cuda.device_count()
+        local = int(os.environ.get("LOCAL_RANK", rank % count))  # a launcher without LOCAL_RANK: one node
+        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        if max(per_node, local + 1) > count:
+            raise WorkbenchError(f"torchrun starts {per_node} processes on this machine but it has {count} GPU(s): "
+                                 f"pass --nproc_per_node {count} (one process per GPU)")
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
         return cls(device, rank, world)
+
+    @property
+    def name(self) -> str:
+        """The device in words: `cpu`, or `cuda:0 (NVIDIA H200)`."""
+        if self.device.type == "cuda":
+            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
+        return str(self.device)
 
     @property
     def main(self) -> bool:
@@ -111,11 +136,19 @@ def epoch_order(n: int, stage: FinetuneStage, stage_index: int, epoch: int) -> t
     return torch.randperm(n, generator=g)[: steps * batch].view(steps, batch)
 
 
-def fetch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One batch (images, labels) of `dataset` at `indices`."""
-    idx = indices.tolist()
-    items = dataset.__getitems__(idx) if hasattr(dataset, "__getitems__") else [dataset[i] for i in idx]
-    return default_collate(items)
+def section(phase: str, index: int) -> str:
+    """Where a stage is in the session file: `train` (the baseline) or `finetune[i]`."""
+    return "train" if phase == "baseline" else f"finetune[{index}]"
+
+
+def check_amp(stages: list[FinetuneStage], place: Placement, phase: str = "finetune") -> None:
+    """Refuse `amp` where autocast would not run as asked (no CUDA: e.g. a driver too old for
+    this torch build makes torch.cuda.is_available() false and training falls back to the CPU)."""
+    for index, stage in enumerate(stages):
+        if stage.amp != "off" and place.device.type not in AMP_DEVICES:
+            raise WorkbenchError(f"{section(phase, index)}.amp = \"{stage.amp}\" needs a CUDA GPU but this process "
+                                 f"trains on {place.name} (torch sees no usable GPU; is the driver too old for "
+                                 f"torch {torch.__version__}?): set amp = \"off\" or fix the GPU setup")
 
 
 class Trainer:
@@ -131,15 +164,20 @@ class Trainer:
         if teacher is None and any(s.mode != "ce" for s in stages):
             raise WorkbenchError("the mse and aux modes need the uncompressed network as teacher")
         self.place = place or Placement.detect()
+        check_amp(stages, self.place, phase)
+        if any(s.deterministic for s in stages):  # read when cuBLAS first starts: set it early
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
         if teacher is not None:
             teacher = teacher.to(self.place.device).eval().requires_grad_(False)
         self.student = student.to(self.place.device).requires_grad_(True)
         self.teacher = teacher
         self.arch, self.data, self.stages, self.input_shape = arch, data, stages, input_shape
+        self.phase = phase
         self.emit = (lambda event: emit({**event, "phase": phase})) if self.place.main else (lambda event: None)
         self.checkpoint_path = checkpoint if self.place.main else None
         self.state = StageState()
         self._sums: dict[str, torch.Tensor] = {}  # loss sums of the current epoch, on the device
+        self._failure: tuple[int, int, str] | None = None  # this process's (code, batch, detail)
         self._stop = threading.Event()
         self._run_start = self._steps_timed = 0
 
@@ -155,7 +193,8 @@ class Trainer:
         with self._signals():
             while self.state.stage < len(self.stages):
                 index = self.state.stage
-                result = self._train_stage(index, self.stages[index], resume)
+                with self._kernels(self.stages[index]):
+                    result = self._train_stage(index, self.stages[index], resume)
                 resume = None
                 entry = on_stage_end(index, self.student, result) if on_stage_end else result
                 self.state = StageState(stage=index + 1, completed=[*self.state.completed, entry])
@@ -163,76 +202,78 @@ class Trainer:
         return self.state.completed
 
     def request_stop(self) -> None:
-        """Ask the run to checkpoint and stop after the current batch (signal handlers call it)."""
+        """Ask the run to checkpoint and stop after the current batch (signal handlers call it);
+        several processes stop together at the next logged batch."""
         self._stop.set()
 
     # ------------------------------------------------------------------ one stage
 
     def _train_stage(self, index: int, stage: FinetuneStage, resume: dict | None) -> dict:
         place, n = self.place, len(self.data.train)
+        where = section(self.phase, index)
         if stage.batch_size % place.world:
-            raise WorkbenchError(f"finetune[{index}].batch_size {stage.batch_size} must divide by the "
+            raise WorkbenchError(f"{where}.batch_size {stage.batch_size} must divide by the "
                                  f"{place.world} processes (it is the global batch)")
         model = self.student
-        if stage.channels_last:
+        if stage.channels_last:  # the teacher sees the same inputs: same layout
             model = model.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
         pivots = resolve_pivots(model, self.arch, stage) if stage.mode == "aux" else None
         optimizer = self._optimizer(model, stage, pivots)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, stage.milestones, stage.gamma)
+        scaler = torch.amp.GradScaler(place.device.type, enabled=stage.amp == "fp16")
         if resume is not None and resume.get("optimizer") is not None:
             optimizer.load_state_dict(resume["optimizer"])
             scheduler.load_state_dict({**resume["scheduler"], "milestones": Counter(resume["scheduler"]["milestones"])})
+            if resume.get("scaler"):
+                scaler.load_state_dict(resume["scaler"])
         wrapped = self._wrap(model)
         amp = self._autocast(stage)
-        scaler = torch.amp.GradScaler("cuda", enabled=stage.amp == "fp16" and place.device.type == "cuda")
         steps = steps_per_epoch(n, stage)
+        eval_batch = min(EVAL_BATCH, stage.batch_size // place.world)
         best = resume.get("best") if resume is not None else None
         self._sums = {k: torch.tensor(v, dtype=torch.float64, device=place.device) for k, v in self.state.sums.items()}
         self.emit({"event": "stage", "stage": index, "stages": len(self.stages), "mode": stage.mode,
-                   "epochs": stage.epochs, "steps_per_epoch": steps})
+                   "epochs": stage.epochs, "steps_per_epoch": steps, "device": place.name,
+                   "processes": place.world})
         self._run_start, self._steps_timed = time.perf_counter(), 0
         while self.state.epoch < stage.epochs:
             epoch = self.state.epoch
             order = epoch_order(n, stage, index, epoch)
+            seeds = [batch_seed(stage.seed, index, epoch, s) for s in range(steps)]
+            workers = stage.workers if stage.workers is not None else auto_workers(self.data.train, place.world)
+            self._batches = EpochBatches(self.data.train, order, seeds, self.state.step, workers,
+                                         pin=place.device.type == "cuda")
             wrapped.train()
             last_log = (time.perf_counter(), self.state.step)
             while self.state.step < steps:
                 step = self.state.step
-                torch.manual_seed(stage.seed * 7_919 + index * 104_729 + epoch * 1_299_709 + step)
-                x, y = self._batch(order[step])
-                try:
-                    with amp:
-                        loss, terms = self._loss(wrapped, model, stage, pivots, x, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                except torch.OutOfMemoryError:
-                    raise WorkbenchError(
-                        f"out of GPU memory at finetune[{index}].batch_size {stage.batch_size}: try batch_size = "
-                        f"{max(stage.batch_size // 2, 1)} (or amp = \"bf16\"), then --resume") from None
-                scaler.step(optimizer)
-                scaler.update()
+                seed = seeds[step]
+                loss, terms = self._step(wrapped, model, stage, pivots, optimizer, scaler, amp, order[step], seed)
                 self.state.step += 1
                 self._steps_timed += 1
-                for name, value in (("loss", loss), *terms.items()):
-                    self._sums[name] = self._sums.get(name, 0) + value.detach().double()
-                stop = self._stop_requested()
+                if loss is not None:
+                    for name, value in (("loss", loss), *terms.items()):
+                        self._sums[name] = self._sums.get(name, 0) + value.detach().double()
                 log = self.state.step % stage.log_every == 0 or self.state.step == steps
-                save = stop or (self.state.step % stage.checkpoint_every == 0 and self.state.step < steps)
-                if log or save:
-                    self._check_finite(index, epoch)
+                save = self.state.step % stage.checkpoint_every == 0 and self.state.step < steps
+                asked = self._stop.is_set()
+                if not (log or save or (place.world == 1 and (asked or self._failure))):
+                    continue
+                stop = self._agree(index, epoch, asked)  # raises, on every process, on a failure
                 if log:
                     last_log = self._log_step(index, stage, epoch, steps, loss, terms, optimizer, last_log)
-                if save:
-                    self._save(optimizer, scheduler, best)
+                if save or stop:
+                    self._save(optimizer, scheduler, best, scaler)
                 if stop:
                     self.emit({"event": "stopped", "reason": "signal", "stage": index, "epoch": epoch,
                                "step": self.state.step})
                     raise Stopped(f"stopped at stage {index + 1} ({stage.mode}), epoch {epoch + 1}, "
                                   f"batch {self.state.step}/{steps}")
-            self._check_finite(index, epoch)
             scheduler.step()
             averages = dict(zip(self._sums, (self._mean(torch.stack(list(self._sums.values()))) / steps).tolist()))
-            val = self._accuracy(model, self.data.val)
+            val = self._accuracy(model, self.data.val, eval_batch, index)
             if val is not None and (self.state.best_val is None or val >= self.state.best_val):
                 self.state.best_val, self.state.best_epoch = val, epoch + 1
                 best = copy.deepcopy(model.state_dict())
@@ -240,14 +281,95 @@ class Trainer:
             self.emit({"event": "epoch", "stage": index, "mode": stage.mode, "epoch": epoch + 1,
                        "epochs": stage.epochs, "loss": averages.pop("loss"), "losses": averages, "val_acc": val,
                        "best_val": self.state.best_val, "lr": optimizer.param_groups[0]["lr"]})
-            self._save(optimizer, scheduler, best)
+            self._save(optimizer, scheduler, best, scaler)
         if best is not None:
             model.load_state_dict(best)
-        test = self._accuracy(model, self.data.test)
+        test = self._accuracy(model, self.data.test, eval_batch, index)
         result = {"mode": stage.mode, "epochs": stage.epochs, "best_val": self.state.best_val,
                   "best_epoch": self.state.best_epoch, "test_acc": test}
         self.emit({"event": "stage_end", "stage": index, **result})
         return result
+
+    def _step(self, wrapped, model, stage, pivots, optimizer, scaler, amp, indices, seed):
+        """One batch: build this process's slice, forward, backward, average the gradients over
+        the processes, SGD step. Returns (loss, terms), or (None, {}) when this process has
+        failed: it then keeps joining the exchanges (with zero gradients) until `_agree` stops
+        every process at the same batch."""
+        loss, terms = None, {}
+        if self._failure is None:
+            try:
+                torch.manual_seed(seed)  # augmentation: the same global batch on every process
+                x, y = self._batch(indices)
+                if self.place.rank:  # dropout: each process its own masks
+                    torch.manual_seed(seed + 1_000_000_007 * self.place.rank)
+                with amp:
+                    loss, terms = self._loss(wrapped, model, stage, pivots, x, y)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                self._fail(exc, stage)
+                loss, terms = None, {}
+        if self.place.world > 1:
+            self._sync_gradients(model)
+        if self._failure is None:
+            try:
+                scaler.step(optimizer)
+                scaler.update()
+            except (torch.OutOfMemoryError, RuntimeError) as exc:
+                self._fail(exc, stage)
+        if self.place.world > 1:
+            self._sync_buffers(model)
+        return loss, terms
+
+    def _fail(self, exc: BaseException, stage: FinetuneStage) -> None:
+        """Record a failure this process can report in one line (re-raise anything else)."""
+        if isinstance(exc, torch.OutOfMemoryError):
+            code = OUT_OF_MEMORY
+        elif stage.deterministic and "determinis" in str(exc):
+            code = NOT_DETERMINISTIC
+        else:
+            raise exc
+        self._failure = (code, self.state.step + 1, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        if self.place.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _failure_error(self, index: int, code: int, rank: int, when: str) -> WorkbenchError:
+        """The one line every process raises for a failure of process `rank`."""
+        stage, where = self.stages[index], section(self.phase, index)
+        who = f" on process {rank}" if self.place.world > 1 else ""
+        if code == NOT_DETERMINISTIC:
+            detail = f" ({self._failure[2]})" if self._failure is not None and rank == self.place.rank else ""
+            return WorkbenchError(f"{where}.deterministic = true, but an operation of this model has no deterministic "
+                                  f"kernel on {self.place.device.type}{detail}, {when}{who}: "
+                                  f"set {where}.deterministic = false")
+        return WorkbenchError(
+            f"out of memory{who} ({self.place.device.type}) {when} at {where}.batch_size {stage.batch_size}: set "
+            f"{where}.batch_size = {max(stage.batch_size // 2, self.place.world)} (or amp = \"bf16\") and replay into "
+            "a new --out (--resume continues only the unchanged session)")
+
+    def _agree(self, index: int, epoch: int, asked: bool) -> bool:
+        """Share every process's stop request, failure and loss sum (one all-reduce). Raises
+        the same error on every process when one failed or the loss is not finite (before
+        anything is saved from it); returns whether to stop."""
+        world, rank = self.place.world, self.place.rank
+        status = torch.zeros(2 + 2 * world, dtype=torch.float64, device=self.place.device)
+        status[0] = float(asked)
+        if "loss" in self._sums:
+            status[1] = self._sums["loss"]
+        if self._failure is not None:
+            status[2 + rank], status[2 + world + rank] = self._failure[0], self._failure[1]
+        if world > 1:
+            dist.all_reduce(status)
+        values = status.tolist()
+        for r in range(world):
+            if values[2 + r]:
+                batch = int(values[2 + world + r])
+                message = str(self._failure_error(index, int(values[2 + r]), r,
+                                                  f"at stage {index + 1}, epoch {epoch + 1}, batch {batch}"))
+                self.emit({"event": "failed", "message": message})
+                raise WorkbenchError(message)
+        self._check_finite(index, epoch, values[1])
+        return values[0] > 0
 
     def _optimizer(self, model: nn.Module, stage: FinetuneStage, pivots) -> torch.optim.SGD:
         """SGD over the trainable parameters. In aux mode the paper steps one optimizer per loss
@@ -267,24 +389,74 @@ class Trainer:
                                weight_decay=stage.weight_decay)
 
     def _wrap(self, model: nn.Module) -> nn.Module:
+        """The module that trains: the model, with SyncBatchNorm on several GPUs, starting from
+        rank 0's weights. No DistributedDataParallel: its exchanges run inside forward and
+        backward, where a failure on one process would leave the others waiting, so the
+        gradients are averaged after backward (`_sync_gradients`). Parameters no loss
+        reaches (outside every aux segment, or unused) keep no gradient on any process."""
         if self.place.world == 1:
             return model
-        from torch.nn.parallel import DistributedDataParallel
-
         if self.place.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-            return DistributedDataParallel(model, device_ids=[self.place.device])
-        return DistributedDataParallel(model)
+        for tensors in _by_dtype([*model.parameters(), *model.buffers()]):
+            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
+            dist.broadcast(flat, 0)
+            with torch.no_grad():
+                for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+                    t.copy_(part.view_as(t))
+        return model
+
+    def _sync_gradients(self, model: nn.Module) -> None:
+        """Average the gradients over the processes (one all-reduce per dtype). A parameter
+        without a gradient sends zeros and stays without one; a failed process sends zeros."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        failed = self._failure is not None
+        for group in _by_dtype(params):
+            flat = torch.cat([(p.grad if p.grad is not None and not failed else torch.zeros_like(p)).reshape(-1)
+                              for p in group])
+            dist.all_reduce(flat)
+            flat /= self.place.world
+            for p, part in zip(group, flat.split([p.numel() for p in group])):
+                if p.grad is not None:
+                    p.grad.copy_(part.view_as(p))
+
+    def _sync_buffers(self, model: nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every process, as
+        DistributedDataParallel's broadcast_buffers keeps them."""
+        for group in _by_dtype(list(model.buffers())):
+            flat = torch.cat([b.reshape(-1) for b in group])
+            dist.broadcast(flat, 0)
+            for b, part in zip(group, flat.split([b.numel() for b in group])):
+                b.copy_(part.view_as(b))
 
     def _autocast(self, stage: FinetuneStage):
-        if stage.amp == "off" or self.place.device.type != "cuda":
+        if stage.amp == "off":
             return nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16 if stage.amp == "bf16" else torch.float16)
+        return torch.autocast(self.place.device.type, dtype=torch.bfloat16 if stage.amp == "bf16" else torch.float16)
+
+    @contextmanager
+    def _kernels(self, stage: FinetuneStage):
+        """Deterministic kernels when the stage asks (cuDNN, use_deterministic_algorithms,
+        cuBLAS workspace), else cuDNN's autotuner on CUDA (the shapes are fixed); the previous
+        settings come back afterwards."""
+        cudnn = torch.backends.cudnn
+        before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+                  cudnn.deterministic, cudnn.benchmark)
+        if stage.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_DETERMINISTIC)
+        torch.use_deterministic_algorithms(stage.deterministic)
+        cudnn.deterministic = stage.deterministic
+        cudnn.benchmark = self.place.device.type == "cuda" and not stage.deterministic
+        try:
+            yield
+        finally:
+            torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+            cudnn.deterministic, cudnn.benchmark = before[2], before[3]
 
     def _batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's slice of the global batch (every rank builds the whole batch so that the
         augmentation each image gets does not depend on the number of processes)."""
-        x, y = fetch(self.data.train, indices)
+        x, y = self._batches.take(self.state.step)  # built ahead (core.finetune.loader), at `indices`
         if self.place.world > 1:
             part = len(indices) // self.place.world
             x, y = x[self.place.rank * part:(self.place.rank + 1) * part], y[self.place.rank * part:(self.place.rank + 1) * part]
@@ -296,14 +468,15 @@ class Trainer:
         if stage.mode == "ce":
             return ce_loss(wrapped(x), y)
         names = pivots.modules if pivots is not None else []
-        with torch.no_grad(), capture(self.teacher, names) as teacher_out:
+        # the teacher's targets in full precision: outside the student's autocast
+        with torch.no_grad(), torch.autocast(x.device.type, enabled=False), capture(self.teacher, names) as teacher_out:
             teacher_logits = self.teacher(x)
         with capture(model, names) as student_out:
             logits = wrapped(x)
         if stage.mode == "mse":
             return final_mse_loss(logits, y, teacher_logits, stage.mse_factor)
         return aux_loss(logits, y, teacher_logits, stage.mse_factor, list(student_out), list(teacher_out),
-                        pivots.gammas, names)
+                        pivots.gammas, names, stage.aux_target)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -333,46 +506,49 @@ class Trainer:
         n = len(self.data.train)
         return left + sum(s.epochs * steps_per_epoch(n, s) for s in self.stages[index + 1:])
 
-    def _check_finite(self, index: int, epoch: int) -> None:
-        """Stop on a NaN/Inf loss since the last check (before anything is saved from it)."""
-        total = float(self._sums.get("loss", 0.0))
+    def _check_finite(self, index: int, epoch: int, total: float) -> None:
+        """Stop on a NaN/Inf loss since the last check (`total`: the loss sum over the processes)."""
         if not math.isfinite(total):
             stage = self.stages[index]
             message = (f"the {stage.mode} loss became {total} at stage {index + 1}, epoch {epoch + 1}, "
-                       f"by batch {self.state.step}: lower finetune[{index}].lr (now {stage.lr}); "
+                       f"by batch {self.state.step}: lower {section(self.phase, index)}.lr (now {stage.lr}); "
                        "the last good checkpoint is kept")
             self.emit({"event": "failed", "message": message})
             raise WorkbenchError(message)
 
-    def _stop_requested(self) -> bool:
-        stop = self._stop.is_set()
-        if self.place.world > 1:  # every rank must stop at the same batch
-            flag = torch.tensor([int(stop)], device=self.place.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            stop = bool(flag.item())
-        return stop
-
     @torch.no_grad()
-    def _accuracy(self, model: nn.Module, dataset: Dataset) -> float | None:
-        """Top-1 accuracy over `dataset` (each rank a share, summed), None when it is empty."""
+    def _accuracy(self, model: nn.Module, dataset: Dataset, batch: int, index: int) -> float | None:
+        """Top-1 accuracy over `dataset` (each rank a share, summed), None when it is empty. Out
+        of memory on any process stops every process with one line."""
         if len(dataset) == 0:
             return None
         was_training = model.training
         model.eval()
-        counts = torch.zeros(2, dtype=torch.float64, device=self.place.device)
-        mine = torch.arange(self.place.rank, len(dataset), self.place.world)
-        for chunk in mine.split(EVAL_BATCH):
-            x, y = fetch(dataset, chunk)
-            logits = model(x.to(self.place.device))
-            counts[0] += (logits.argmax(1).cpu() == y).sum().item()
-            counts[1] += len(y)
-        if self.place.world > 1:
+        world, rank = self.place.world, self.place.rank
+        counts = torch.zeros(2 + world, dtype=torch.float64, device=self.place.device)
+        try:
+            for chunk in torch.arange(rank, len(dataset), world).split(batch):
+                x, y = fetch(dataset, chunk)
+                logits = model(x.to(self.place.device))
+                counts[0] += (logits.argmax(1).cpu() == y).sum().item()
+                counts[1] += len(y)
+        except torch.OutOfMemoryError:
+            counts[2 + rank] = OUT_OF_MEMORY
+            if self.place.device.type == "cuda":
+                torch.cuda.empty_cache()
+        if world > 1:
             dist.all_reduce(counts)
         model.train(was_training)
+        for r, code in enumerate(counts[2:].tolist()):
+            if code:
+                message = str(self._failure_error(index, int(code), r, f"while evaluating (batches of {batch})"))
+                self.emit({"event": "failed", "message": message})
+                raise WorkbenchError(message)
         return float(counts[0] / counts[1])
 
-    def _save(self, optimizer, scheduler, best: dict | None = None) -> None:
-        """Write the checkpoint atomically (rank 0): weights, optimizer, schedule, progress."""
+    def _save(self, optimizer, scheduler, best: dict | None = None, scaler=None) -> None:
+        """Write the checkpoint atomically (rank 0): weights, optimizer, schedule, fp16 gradient
+        scaler, progress."""
         if self.checkpoint_path is None:
             return
         sched = scheduler.state_dict() if scheduler is not None else None
@@ -385,6 +561,7 @@ class Trainer:
             "sums": {k: float(v) for k, v in self._sums.items()}, "completed": list(s.completed),
             "model": self.student.state_dict(), "best": best,
             "optimizer": optimizer.state_dict() if optimizer is not None else None, "scheduler": sched,
+            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         }
         with atomic_path(self.checkpoint_path) as tmp:
             torch.save(document, tmp)
@@ -411,6 +588,14 @@ class Trainer:
             previous = signal.signal(sig, lambda *_: self.request_stop())
             stack.callback(signal.signal, sig, previous)
         return stack
+
+
+def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """`tensors` grouped by dtype (one flat exchange per group)."""
+    groups: dict[torch.dtype, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.dtype, []).append(t)
+    return list(groups.values())
 
 
 def load_checkpoint(path: Path) -> dict:

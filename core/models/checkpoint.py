@@ -15,10 +15,13 @@ CP3, see METHOD.md) and rebuilt as `nn.Sequential` from the tensor shapes.
 from __future__ import annotations
 
 import _compat_pickle
+import importlib.util
 import json
 import pickle
 import re
+import sys
 import warnings
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -49,8 +52,14 @@ FORMAT_NOTES = {
     "reference-pickle": "read with the inert unpickler: no code from the file ran",
     "trusted-pickle": "loaded with --trust-pickle: the file's own code ran",
 }
-TRUST_HINT = "if the class needs its own code, --trust-pickle (in a session: trust_pickle = true under [model])"
-PICKLE_HINT = f"pass --model NAME (the architecture, e.g. resnet56; in a session: [model] name) or, {TRUST_HINT}"
+TRUST_HINT = ("if the class comes from a package you trust and can import, --trust-pickle (it runs that "
+              "package's code; a session records the need as trust_pickle = true)")
+MODEL_HINT = "pass --model NAME (the architecture, e.g. resnet56; in a session: [model] name)"
+PICKLE_HINT = f"{MODEL_HINT} or, {TRUST_HINT}"
+# standard-library modules a checkpoint may name as plain data; any other one it calls is code
+DATA_MODULES = {"collections", "copyreg", "_codecs", "codecs", "argparse", "datetime", "decimal", "fractions",
+                "enum", "numbers", "pathlib", "uuid"}
+MAX_PARAMS = 1 << 31  # parameters of a model built to fit a checkpoint: 8 GiB of float32
 KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3", "svd": "truncated-SVD"}
 MAX_DETAIL_LINES = 20
 _DECOMPOSED_KEY = re.compile(r"^((?:.+\.)?([^.]+))\.\2-0\.weight$")
@@ -67,6 +76,7 @@ class Checkpoint:
     decomposed: dict[str, str] = field(default_factory=dict)
     pickled: str | None = None  # class of the pickled model object the tensors came from
     module: nn.Module | None = None  # that object itself, when loaded with trust_pickle
+    code: list[str] = field(default_factory=list)  # standard-library callables the pickle names (os.system, ...)
 
 
 @dataclass
@@ -158,11 +168,52 @@ class _InertPickle:
         return _InertUnpickler(file, **kwargs).load()
 
 
-def inert_load(path: Path) -> object:
-    """Unpickle a torch file without running any code it names (classes become Placeholders)."""
+def inert_load(path: Path, named: set[str] | None = None) -> object:
+    """Unpickle a torch file without running any code it names (classes become Placeholders);
+    `named` collects the qualified names of those placeholders."""
+    named = set() if named is None else named
+
+    class Recording(_InertUnpickler):
+        def find_class(self, module, name):
+            found = super().find_class(module, name)
+            if isinstance(found, type) and issubclass(found, Placeholder):
+                named.add(found.qualname)
+            return found
+
+    class Module(_InertPickle):
+        Unpickler = Recording
+
+        @staticmethod
+        def load(file, **kwargs):
+            return Recording(file, **kwargs).load()
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_InertPickle)
+        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=Module)
+
+
+def code_names(named: set[str]) -> list[str]:
+    """The names a pickle would call that are code, not data: standard-library callables
+    (os.system, builtins.exec, subprocess.Popen, ...) outside DATA_MODULES."""
+    return sorted(n for n in named if n.split(".")[0] in sys.stdlib_module_names
+                  and n.split(".")[0] not in DATA_MODULES)
+
+
+def pickle_hint(pickled: str | None, code: list[str]) -> str:
+    """What to do about a pickle read inertly: never --trust-pickle for one that holds code;
+    for a class, --trust-pickle only when its package can be imported here."""
+    if code:
+        return (f"it holds code that would run when loaded ({', '.join(code[:3])}), not just a model: do not pass "
+                f"--trust-pickle for it; {MODEL_HINT} to read its tensors inertly")
+    package = pickled.split(".")[0] if pickled else None
+    try:
+        importable = package is None or importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):  # `__main__` of the saving script, a broken name
+        importable = False
+    if importable:
+        return PICKLE_HINT
+    return (f"{MODEL_HINT}; --trust-pickle (trust_pickle = true in a session) would need its package {package} "
+            "importable here, and runs that package's code: only for a file you trust")
 
 
 def _module_tensors(obj: Placeholder, prefix: str = "", seen: set | None = None):
@@ -198,8 +249,11 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
         raise WorkbenchError(f"checkpoint {path} is empty (0 bytes): re-export or re-copy it")
     if path.suffix == ".safetensors" or _looks_like_safetensors(path):
         return _read_safetensors(path)
+    _check_zip(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for foreign or damaged files
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc)) if isinstance(exc, pickle.UnpicklingError) else None
         if refused is None:
@@ -207,14 +261,16 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
     else:
         return _unwrap(obj, path, None)
     if not trust_pickle:
+        named: set[str] = set()
         try:
-            obj = inert_load(path)
+            obj = inert_load(path, named)
         except Exception as exc:
             raise WorkbenchError(
                 f"cannot read the pickled {refused.group(1)} of {path} inertly: the file is damaged or not a "
-                f"PyTorch checkpoint ({_first_line(exc)}); re-export it, or {PICKLE_HINT}"
+                f"PyTorch checkpoint ({_first_line(exc)}); re-export it, or "
+                f"{pickle_hint(refused.group(1), code_names(named))}"
             ) from None
-        return _unwrap(obj, path, "reference-pickle")
+        return _unwrap(obj, path, "reference-pickle", code_names(named))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # the file's own code failed, or the file is damaged
@@ -224,6 +280,36 @@ def read_checkpoint(path: str | Path, trust_pickle: bool = False) -> Checkpoint:
             "without --trust-pickle to read its tensors inertly"
         ) from None
     return _unwrap(obj, path, "trusted-pickle")
+
+
+def _check_zip(path: Path) -> None:
+    """Refuse a zip whose records unpack to more than the file's size before torch inflates
+    them: torch stores its records uncompressed, so this is a damaged or crafted file."""
+    if not zipfile.is_zipfile(path):
+        return
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            big = next((i for i in archive.infolist() if i.file_size > size), None)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load reports the damage
+    if big is not None:
+        raise WorkbenchError(f"cannot read {path}: its record {big.filename} unpacks to {big.file_size:,} bytes from "
+                             f"a {size:,}-byte file, which a PyTorch checkpoint never does (damaged or crafted); "
+                             "re-export it")
+
+
+def _check_extents(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """Every tensor's declared shape is backed by data in the file (a stride-0 or oversized
+    shape would make the model built from it allocate what the file never held)."""
+    for name, t in tensors.items():
+        if t.numel() == 0:
+            continue
+        held = t.untyped_storage().nbytes() // t.element_size()
+        end = t.storage_offset() + sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1
+        if t.numel() > held or end > held:
+            raise WorkbenchError(f"{path}: tensor {name} declares shape {list(t.shape)} ({t.numel():,} values) but "
+                                 f"the file holds {held:,} for it: the file is damaged or crafted; re-export it")
 
 
 def _looks_like_safetensors(path: Path) -> bool:
@@ -246,7 +332,13 @@ def _read_safetensors(path: Path) -> Checkpoint:
 
 
 def _first_line(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
+    """The exception's first line; torch's warning that loading with weights_only=False "can
+    result in arbitrary code execution" is kept when it comes later in the message."""
+    text = str(exc).strip()
+    line = f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:200]}"
+    caveat = "arbitrary code execution"
+    return line if caveat not in text or caveat in line else \
+        f"{line} [torch: loading it with weights_only=False can result in {caveat}]"
 
 
 def _unreadable(path: Path, exc: Exception) -> WorkbenchError:
@@ -256,9 +348,10 @@ def _unreadable(path: Path, exc: Exception) -> WorkbenchError:
     )
 
 
-def _unwrap(obj: object, path: Path, fmt: str | None) -> Checkpoint:
+def _unwrap(obj: object, path: Path, fmt: str | None, code: list[str] | None = None) -> Checkpoint:
     """Find the tensors in a loaded object: a state dict, a wrapper dict or a pickled module
-    (`fmt`: the pickle format the object was read with, None for safe loading)."""
+    (`fmt`: the pickle format the object was read with, None for safe loading; `code`: the
+    standard-library callables an inert read met)."""
     cfg, wrapped = None, False
     for _ in range(3):
         if not isinstance(obj, dict):
@@ -284,11 +377,14 @@ def _unwrap(obj: object, path: Path, fmt: str | None) -> Checkpoint:
     else:
         tensors = {}
     if not tensors:
-        hint = PICKLE_HINT if fmt == "reference-pickle" else "pass a checkpoint with weights"
+        hint = pickle_hint(pickled, code or []) if fmt == "reference-pickle" else "pass a checkpoint with weights"
         raise WorkbenchError(f"{path} holds no model tensors ({pickled or type(obj).__name__}): {hint}")
     cfg = [int(c) for c in cfg] if isinstance(cfg, (list, tuple)) and all(isinstance(c, int) for c in cfg) else None
     fmt = fmt or (("reference-pruned" if cfg else "wrapped") if wrapped else "state_dict")
-    return _checkpoint(tensors, fmt, cfg, None, pickled, module)
+    _check_extents(tensors, path)
+    ckpt = _checkpoint(tensors, fmt, cfg, None, pickled, module)
+    ckpt.code = list(code or [])
+    return ckpt
 
 
 def _checkpoint(tensors: dict[str, torch.Tensor], fmt: str, cfg: list[int] | None, arch: Arch | None,
@@ -351,19 +447,21 @@ def load_model(
         base = ckpt.arch
     name = model or (base.model if base else None) or _cifar_family(sd)
     inert = ckpt is not None and ckpt.format == "reference-pickle"
+    hint = pickle_hint(ckpt.pickled, ckpt.code) if inert else PICKLE_HINT
     if name is None and ckpt and ckpt.module is not None:
         return _trusted_module(ckpt, Path(checkpoint).name, num_classes, in_channels)
     if name is None and inert and ckpt.pickled:
         raise WorkbenchError(
-            f"{Path(checkpoint).name} pickles a whole {ckpt.pickled}, which is not a known architecture: {PICKLE_HINT}"
+            f"{Path(checkpoint).name} pickles a whole {ckpt.pickled}, which is not a known architecture: {hint}"
         )
     if name is None:
         what = f"the architecture of {checkpoint}" if checkpoint is not None else "which model to build"
-        raise WorkbenchError(f"cannot tell {what}: {PICKLE_HINT if inert else 'pass --model'}")
+        raise WorkbenchError(f"cannot tell {what}: {hint if inert else 'pass --model'}")
 
-    or_trust = f" or, {TRUST_HINT}" if inert else ""
+    or_trust = (f" or, {TRUST_HINT}" if hint == PICKLE_HINT else f"; {hint}") if inert else ""
     notes = []
-    classes = num_classes or (None if ":" in name else _num_classes(sd, notes)) or (base.num_classes if base else None)
+    from_file = None if zoo.is_factory(name) and not zoo.is_family(name) else _num_classes(sd, notes)
+    classes = num_classes or from_file or (base.num_classes if base else None)
     channels = in_channels or _in_channels(sd) or (base.in_channels if base else 3)
     cfg = None
     if zoo.is_cifar_family(name):
@@ -374,14 +472,20 @@ def load_model(
                 notes.append("widths (cfg) read from the BN shapes")
     extra = {k: v for k, v in (base.extra if base else {}).items() if k != "decomposed"}
     arch = Arch(model=name, num_classes=classes, in_channels=channels, cfg=cfg, extra=extra)
-    try:
-        net = zoo.build(arch)
-    except ValueError as exc:
-        raise WorkbenchError(f"cannot build {name} for {checkpoint}: {exc}; pass the right --model{or_trust}") from None
-    if arch.extra.get("pruning_history"):
-        from core.prune.surgery import rebuild_structure  # lazy: core.prune imports this package
-
-        net = rebuild_structure(net, arch)
+    if not zoo.is_factory(name):  # user code is not run twice
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            probe = _build(arch, checkpoint, or_trust)
+            if ckpt is not None:
+                rebuild_decomposed(probe, sd, ckpt.decomposed)
+        params = sum(p.numel() for p in probe.parameters())
+        if params > MAX_PARAMS:
+            raise WorkbenchError(f"{name} with these sizes (classes {classes}, input channels {channels}"
+                                 f"{', cfg from ' + str(checkpoint) if cfg and ckpt and ckpt.cfg else ''}) would "
+                                 f"have {params:,} parameters, over {MAX_PARAMS:,}: check --num-classes, "
+                                 "--in-channels and the checkpoint")
+        if ckpt is not None:
+            _check_fit(probe, sd, Path(checkpoint).name, name, or_trust)
+    net = _build(arch, checkpoint, or_trust)
     if zoo.is_cifar_family(name):
         arch.cfg = list(net.cfg)
 
@@ -400,6 +504,23 @@ def load_model(
         notes.append(FORMAT_NOTES[ckpt.format])
     source = f"{Path(checkpoint).name} ({f'torchvision {weights} weights' if weights else FORMATS[ckpt.format]})"
     return Loaded(net.eval(), arch, source, notes)
+
+
+def _build(arch: Arch, checkpoint, or_trust: str) -> nn.Module:
+    """`zoo.build(arch)` with its pruned structure; sizes it cannot build are one line."""
+    try:
+        net = zoo.build(arch)
+        if arch.extra.get("pruning_history"):
+            from core.prune.surgery import rebuild_structure  # lazy: core.prune imports this package
+
+            net = rebuild_structure(net, arch)
+    except WorkbenchError:
+        raise
+    except (ValueError, RuntimeError, TypeError, IndexError, KeyError) as exc:
+        where = f" for {checkpoint}" if checkpoint is not None else ""
+        raise WorkbenchError(f"cannot build {arch.model}{where}: {_first_line(exc)}; pass the right "
+                             f"--model{or_trust}") from None
+    return net
 
 
 def _trusted_module(ckpt: Checkpoint, file_name: str, num_classes: int | None, in_channels: int | None) -> Loaded:

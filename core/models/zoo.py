@@ -18,9 +18,9 @@ from torch import nn
 from core.errors import WorkbenchError
 from core.models.cifar_mobilenet import CifarMobileNetV1, CifarMobileNetV2
 from core.models.cifar_resnet import DEPTHS, CifarResNet
+from core.models.families import build_family, is_family
+from core.models.names import CIFAR_MODELS, DEMO, check_model_name, is_factory
 
-CIFAR_MODELS = [f"resnet{d}" for d in DEPTHS] + ["mobilenet_v1_cifar", "mobilenet_v2_cifar"]
-DEMO = "demo"
 
 
 @dataclass
@@ -41,13 +41,6 @@ class Arch:
         return cls(**json.loads(text))
 
 
-def torchvision_models() -> list[str]:
-    """Names of torchvision's image classification models."""
-    import torchvision.models as tvm
-
-    return sorted(tvm.list_models(module=tvm))
-
-
 def is_cifar_family(name: str) -> bool:
     return name in CIFAR_MODELS or name == DEMO
 
@@ -65,17 +58,15 @@ def build(arch: Arch) -> nn.Module:
         return CifarMobileNetV1(classes or 10, arch.cfg, arch.in_channels)
     if name == "mobilenet_v2_cifar":
         return CifarMobileNetV2(classes or 10, arch.cfg, arch.in_channels)
-    if ":" in name:
+    if is_family(name):  # timm:NAME, hf:FOLDER
+        return build_family(arch)
+    if is_factory(name):
         return _from_factory(name, classes)
-    if name in torchvision_models():
-        import torchvision.models as tvm
+    check_model_name(name)  # what is left is a torchvision classifier, or an error
+    import torchvision.models as tvm
 
-        kwargs = {"num_classes": classes} if classes else {}
-        return tvm.get_model(name, weights=None, **kwargs)
-    raise WorkbenchError(
-        f"unknown model '{name}': use one of {', '.join(CIFAR_MODELS)}, a torchvision classifier "
-        "(e.g. resnet50, mobilenet_v2, vgg16_bn) or an import string package.module:factory"
-    )
+    kwargs = {"num_classes": classes} if classes else {}
+    return tvm.get_model(name, weights=None, **kwargs)
 
 
 def _from_factory(spec: str, num_classes: int | None) -> nn.Module:
@@ -86,7 +77,7 @@ def _from_factory(spec: str, num_classes: int | None) -> nn.Module:
         raise WorkbenchError(f"cannot import model factory '{spec}': {exc}; check the module is on PYTHONPATH") from None
     try:
         model = factory(num_classes=num_classes) if num_classes else factory()
-    except Exception as exc:  # user code: any failure is reported, not raised
+    except (Exception, SystemExit) as exc:  # user code: any failure (sys.exit too) is reported, not raised
         raise WorkbenchError(f"model factory '{spec}' failed: {type(exc).__name__}: {exc}") from None
     if not isinstance(model, nn.Module):
         raise WorkbenchError(f"model factory '{spec}' returned {type(model).__name__}, not a torch.nn.Module")

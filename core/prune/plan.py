@@ -13,15 +13,14 @@ from core.errors import WorkbenchError
 from core.models.zoo import Arch
 from core.prune.cost import CostModel
 from core.prune.groups import ChannelGroup, prunable_groups
+from core.prune.peer import flops_target_keep
 from core.prune.scores import filter_scores, keep_indices
 from core.prune.strategies import (
-    StagePlan, default_coef, global_threshold_keep, keep_count, p5_plan, prune_ratio, round_keep, stage_ratios,
-    strategy_t,
+    T_FACTOR, Smoothing, StagePlan, default_coef, default_smoothing, global_threshold_keep, keep_count, layer_t,
+    p5_plan, prune_ratio, reference_row, round_keep, stage_ratios, strategy_t,
 )
-from core.session import PruneSection
+from core.session import PruneSection, load_session
 from core.stats import NetworkStats, network_stats
-
-T_ATTR = {"P1": "t_p1", "P2": "t_p2", "P3": "t_p3"}
 
 
 @dataclass
@@ -49,6 +48,7 @@ class PrunePlan:
     coef: float | None
     params: tuple[int, int]  # before, after
     flops: tuple[int, int]
+    smoothing: Smoothing | None = None  # the P2/P3 constants used (P1-P3)
 
     def keep(self) -> dict[str, list[int]]:
         return {layer.name: layer.kept for layer in self.layers}
@@ -59,8 +59,10 @@ class Planner:
     reused, so planning new settings is quick (the TUI re-plans on every edit)."""
 
     def __init__(self, model: nn.Module, arch: Arch, input_shape: tuple[int, int, int],
-                 stats: NetworkStats | None = None, coupled: bool = False, ignore: Sequence[str] = ()):
-        self.model, self.arch, self.input_shape = model, arch, input_shape
+                 stats: NetworkStats | None = None, coupled: bool = False, ignore: Sequence[str] = (),
+                 dataset: str | None = None):
+        """`dataset` (a DataSplits name: "cifar10", ...) picks the reference script's row of constants."""
+        self.model, self.arch, self.input_shape, self.dataset = model, arch, input_shape, dataset
         self.groups: list[ChannelGroup] = prunable_groups(model, arch, input_shape, coupled, ignore)
         if not self.groups:
             raise WorkbenchError(f"{arch.model} has no prunable channel groups" + ("" if coupled else
@@ -84,9 +86,26 @@ class Planner:
                 g.name: filter_scores(self._modules[g.name].weight, metric, seed + g.layer_id) for g in self.groups}
         return self._scores[metric, seed]
 
-    def t_defaults(self, strategy: str) -> tuple[float, float] | None:
-        """The network's [Tmin, Tmax] of a P1-P3 statistic over all its conv layers."""
-        return self.stats.t_range[strategy] if strategy in T_ATTR else None
+    def smoothing(self, s: PruneSection) -> Smoothing:
+        """The session's P2/P3 constants, each unset one the family script's."""
+        base = default_smoothing(self.arch.model)
+        return Smoothing(*(getattr(s, k) if getattr(s, k) is not None else getattr(base, k)
+                           for k in ("p2_divisor", "p2_factor", "p3_scale", "p3_divisor")))
+
+    def layer_ts(self, strategy: str, smoothing: Smoothing) -> dict[str, float]:
+        """T of every conv layer (by name) for P1-P3 under `smoothing`."""
+        return {layer.name: layer_t(strategy, layer.shapiro_w, layer.jb, layer.k34, smoothing)
+                for layer in self.stats.layers}
+
+    def t_range(self, s: PruneSection, ts: dict[str, float]) -> tuple[float, float]:
+        """[Tmin, Tmax] of eq. 9: the session's, else the reference row's for this model and data
+        set, else the network's range of T over all its conv layers."""
+        row = reference_row(self.arch.model, self.dataset)
+        default = row.t_range.get(s.strategy) if row else None
+        if default is None:
+            finite = [t for t in ts.values() if math.isfinite(t)]
+            default = (min(finite), max(finite)) if finite else (math.nan, math.nan)
+        return (s.tmin if s.tmin is not None else default[0], s.tmax if s.tmax is not None else default[1])
 
     def plan(self, s: PruneSection) -> PrunePlan:
         names = [g.name for g in self.groups]
@@ -94,6 +113,13 @@ class Planner:
             if name not in names:
                 raise WorkbenchError(f"prune.layers: '{name}' is not a prunable layer of {self.arch.model} "
                                      f"(prunable: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
+        if s.strategy == "torch-pruning":
+            return self._peer_plan(s)
+        convs = sum(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        outside = [i for i in s.skip if not 1 <= i <= convs] if s.strategy == "P5" else []
+        if outside:
+            raise WorkbenchError(f"prune.skip: {outside} are not layer ids of {self.arch.model} (its conv layers "
+                                 f"are 1..{convs}, counted in order)")
         ratios, stat, t_range, coef, counts = self._strategy(s)
         skips = set(self._stage_plan(s).skip) if s.strategy == "P5" else set()
         scores = self.scores(s.metric, s.seed)
@@ -117,7 +143,28 @@ class Planner:
             layers.append(LayerPlan(g.name, g.layer_id, g.channels, keep, ratio, stat.get(g.name), source,
                                     keep_indices(scores[g.name], keep)))
         params, flops = self.cost.cost({layer.name: layer.keep for layer in layers})
-        return PrunePlan(s, layers, t_range, coef, (self.baseline[0], params), (self.baseline[1], flops))
+        return PrunePlan(s, layers, t_range, coef, (self.baseline[0], params), (self.baseline[1], flops),
+                         self.smoothing(s) if t_range is not None else None)
+
+    def _peer_plan(self, s: PruneSection) -> PrunePlan:
+        """Torch-Pruning's global pruner landed on `s.flops` of the baseline FLOPs, or on the FLOPs the
+        pruning of session `s.flops_of` (an absolute path) keeps of this model (core.prune.peer)."""
+        target = s.flops
+        if target is None:
+            try:
+                other = load_session(s.flops_of).prune
+            except WorkbenchError as exc:
+                raise WorkbenchError(f"prune.flops_of: {exc}") from None
+            if other is None or other.strategy == "torch-pruning":
+                raise WorkbenchError(f"prune.flops_of: {s.flops_of} has no [prune] section of the method to match "
+                                     "(P1-P5 or manual)")
+            matched = self.plan(other).flops
+            target = matched[1] / matched[0]
+        keep, _ = flops_target_keep(self, target, s.importance or "group-norm", s.multiple_of)
+        layers = [LayerPlan(g.name, g.layer_id, g.channels, len(keep[g.name]), 1 - len(keep[g.name]) / g.channels,
+                            None, s.strategy, keep[g.name]) for g in self.groups]
+        params, flops = self.cost.cost({layer.name: layer.keep for layer in layers})
+        return PrunePlan(s, layers, None, None, (self.baseline[0], params), (self.baseline[1], flops))
 
     def _stage_plan(self, s: PruneSection) -> StagePlan:
         if s.stage_ratios is not None:
@@ -130,17 +177,17 @@ class Planner:
         stat: dict[str, float] = {}
         counts: dict[str, int] = {}
         t_range = coef = None
-        if s.strategy in T_ATTR:
-            default = self.t_defaults(s.strategy)
-            t_range = (s.tmin if s.tmin is not None else default[0], s.tmax if s.tmax is not None else default[1])
+        if s.strategy in T_FACTOR:
+            smoothing = self.smoothing(s)
+            ts = self.layer_ts(s.strategy, smoothing)
+            t_range = self.t_range(s, ts)
             if not all(math.isfinite(t) for t in t_range) or t_range[1] <= t_range[0]:
                 raise WorkbenchError(f"prune: the network's {s.strategy} T range {t_range} is empty or undefined; "
                                      "set prune.tmin and prune.tmax")
-            coef = s.coef if s.coef is not None else default_coef(self.arch.model)
-            by_name = {layer.name: layer for layer in self.stats.layers}
+            coef = s.coef if s.coef is not None else default_coef(self.arch.model, self.dataset)
             for g in self.groups:
-                stat[g.name] = getattr(by_name[g.name], T_ATTR[s.strategy])
-                ratios[g.name] = prune_ratio(strategy_t(s.strategy, stat[g.name]), *t_range, coef)
+                stat[g.name] = ts[g.name]
+                ratios[g.name] = prune_ratio(strategy_t(s.strategy, stat[g.name], smoothing.p2_factor), *t_range, coef)
         elif s.strategy == "P4":
             counts = global_threshold_keep(self.scores(s.metric, s.seed), s.percent)
         elif s.strategy == "P5":

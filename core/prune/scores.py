@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 
 from core.errors import WorkbenchError
+from core.prune import METRICS
 from core.stats import filter_stats
 
-METRICS = ("l1norm", "random", "k3", "k4", "k34", "skew", "kur", "skew_kur")
 STAT_OF = {"l1norm": "l1", "k3": "k3", "k4": "k4", "k34": "k34", "skew": "skew", "kur": "kurt"}
 
 

@@ -21,9 +21,80 @@ DEFAULT_COEF = {"resnet": 3.7, "mobilenet_v1_cifar": 2.52, "mobilenet_v2_cifar":
 T_FACTOR = {"P1": 1.0, "P2": 2.0, "P3": 1.0}
 
 
-def default_coef(model_name: str) -> float:
-    """The reference `coef` for a model: 2.52 / 2.4 for the CIFAR MobileNets v1 / v2, else 3.7."""
-    return DEFAULT_COEF.get(model_name, DEFAULT_COEF["resnet"])
+@dataclass(frozen=True)
+class Smoothing:
+    """How P2 and P3 turn a layer statistic into T, per reference script (METHOD.md):
+    P2: T = 1 - log10(jb) / p2_divisor, entering eq. 9 as p2_factor * T;
+    P3: T = log10(p3_scale * |k3 k4|) / p3_divisor."""
+
+    p2_divisor: float = 4.2
+    p2_factor: float = 2.0
+    p3_scale: float = 1e13
+    p3_divisor: float = 21.0
+
+
+RESNET56_SMOOTHING = Smoothing()  # res56prune_normality.py, also the default of every other model
+RESNET110_SMOOTHING = Smoothing(p2_divisor=4.67, p2_factor=1.0, p3_scale=1e15, p3_divisor=25.0)
+FAMILY_SMOOTHING = {"resnet110": RESNET110_SMOOTHING}
+
+
+@dataclass(frozen=True)
+class ScriptRow:
+    """One reference script's constants (METHOD.md's table): coef and, per strategy it states,
+    the [Tmin, Tmax] that eq. 9 uses (for P2 the range against which p2_factor * T is set)."""
+
+    coef: float
+    t_range: dict[str, tuple[float, float]]
+
+
+def _row(coef: float, p1: tuple[float, float], p2: tuple[float, float] | None = None,
+         p3: tuple[float, float] | None = None) -> ScriptRow:
+    """A row from METHOD.md's (Tmin, span) pairs: Tmax = Tmin + span."""
+    given = {"P1": p1, "P2": p2, "P3": p3}
+    return ScriptRow(coef, {k: (tmin, tmin + span) for k, (tmin, span) in
+                            ((k, v) for k, v in given.items() if v is not None)})
+
+
+REFERENCE_ROWS: dict[tuple[str, str], ScriptRow] = {  # (model, data set) -> its pruning script's row
+    ("resnet56", "cifar10"): _row(3.7, (0.905, 0.095), (0.01, 0.72), (0.03, 0.46)),
+    ("resnet110", "cifar10"): _row(3.159, (0.875, 0.121), (0.0, 0.69), (0.02, 0.5)),
+    ("mobilenet_v1_cifar", "cifar10"): _row(2.52, (0.55, 0.45)),
+    ("mobilenet_v2_cifar", "cifar10"): _row(2.4, (0.3, 0.7)),
+    ("resnet56", "cifar100"): _row(8.7, (0.75, 0.2)),
+    ("resnet110", "cifar100"): _row(3.159, (0.8, 0.2)),
+    ("mobilenet_v1_cifar", "cifar100"): _row(4.09, (0.25, 0.75)),
+    ("mobilenet_v2_cifar", "cifar100"): _row(2.2, (0.08, 0.92)),
+}
+
+
+def reference_row(model_name: str, dataset: str | None) -> ScriptRow | None:
+    """The row of the reference script for `model_name` on `dataset` ("cifar10"/"cifar100"), if any."""
+    return REFERENCE_ROWS.get((model_name, dataset or ""))
+
+
+def default_coef(model_name: str, dataset: str | None = None) -> float:
+    """The reference `coef`: the family's row for `dataset` (its CIFAR-10 row when the data set is
+    unknown or has no row), else 2.52 / 2.4 for the CIFAR MobileNets v1 / v2 and 3.7 for the rest."""
+    row = reference_row(model_name, dataset) or reference_row(model_name, "cifar10")
+    return row.coef if row else DEFAULT_COEF.get(model_name, DEFAULT_COEF["resnet"])
+
+
+def default_smoothing(model_name: str) -> Smoothing:
+    """The P2/P3 smoothing of the family's script: ResNet-110's own, else ResNet-56's."""
+    return FAMILY_SMOOTHING.get(model_name, RESNET56_SMOOTHING)
+
+
+def layer_t(strategy: str, shapiro_w: float, jb: float, k34: float, smoothing: Smoothing) -> float:
+    """A layer's T for P1 (Shapiro-Wilk W), P2 (from the Jarque-Bera statistic) or P3 (from
+    k3 * k4 of its weights), smoothed as `smoothing` says; NaN where undefined."""
+    if strategy == "P1":
+        return shapiro_w
+    if strategy == "P2":
+        return 1.0 - math.log10(jb) / smoothing.p2_divisor if jb > 0 and math.isfinite(jb) else math.nan
+    if strategy == "P3":
+        c = abs(k34)
+        return math.log10(smoothing.p3_scale * c) / smoothing.p3_divisor if c > 0 and math.isfinite(c) else math.nan
+    raise WorkbenchError(f"strategy {strategy} has no layer statistic T: only {', '.join(T_FACTOR)} do")
 
 
 def prune_ratio(t: float, tmin: float, tmax: float, coef: float) -> float:
@@ -39,15 +110,17 @@ def prune_ratio(t: float, tmin: float, tmax: float, coef: float) -> float:
     return 0.0 if r <= 0 else min(r, 1.0)
 
 
-def strategy_t(strategy: str, layer_t: float) -> float:
-    """The value entering eq. 9 for the layer's T (core.stats t_p1 / t_p2 / t_p3).
+def strategy_t(strategy: str, layer_t: float, p2_factor: float | None = None) -> float:
+    """The value entering eq. 9 for the layer's T (core.stats t_p1 / t_p2 / t_p3, or `layer_t`).
 
-    P1 and P3 use T itself. P2 uses 2T, as the reference does: its ratio is
-    r = ceil(10 (2T - 0.01) / (coef 0.72)) / 10 while [0.01, 0.73] is the range of T itself.
+    P1 and P3 use T itself. P2 uses p2_factor * T (default 2, the ResNet-56 script's: its ratio is
+    r = ceil(10 (2T - 0.01) / (coef 0.72)) / 10 while [0.01, 0.73] is the range of T itself;
+    the ResNet-110 script's factor is 1).
     """
     if strategy not in T_FACTOR:
         raise WorkbenchError(f"strategy {strategy} has no layer statistic T: only {', '.join(T_FACTOR)} do")
-    return T_FACTOR[strategy] * layer_t
+    factor = p2_factor if strategy == "P2" and p2_factor is not None else T_FACTOR[strategy]
+    return factor * layer_t
 
 
 def round_keep(keep: int, channels: int, multiple_of: int = 1) -> int:

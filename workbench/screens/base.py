@@ -7,10 +7,14 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.worker import Worker, WorkerState
 
 
 class WorkbenchScreen(Screen):
-    """Base screen. Subclasses define `body()` (their widgets) and `show_overview(overview)`."""
+    """Base screen. Subclasses define `body()` (their widgets) and `show_overview(overview)`,
+    and `HELP`: what their columns mean, shown by the help panel."""
+
+    HELP = ""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -18,10 +22,14 @@ class WorkbenchScreen(Screen):
             yield Static("opening…", id="loading-what")
             yield ProgressBar(id="loading-bar", show_eta=False)
         yield from self.body()
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_screen_resume(self) -> None:
         self.sync()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        if event.state == WorkerState.ERROR:
+            self.app.worker_failed(event.worker)
 
     def sync(self) -> None:
         """Bring the screen up to the app's state (overview ready, failed, or still loading)."""

@@ -6,7 +6,10 @@ It plans on the pruned model when a pruning was applied (A3), else on the opened
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -15,11 +18,13 @@ from textual.widgets import DataTable, Input, Label, Select, Static
 
 from core.decompose.plan import DecomposePlan, Decomposer
 from core.errors import WorkbenchError
-from core.overview import Overview
 from core.session import DecomposeSection, LayerRanks
 from workbench.format import count, num, shape
 from workbench.screens.base import WorkbenchScreen
 from workbench.widgets.layer_edit import LayerEditor
+
+if TYPE_CHECKING:  # types only: the screens import without torch
+    from core.overview import Overview
 
 
 def parse_ranks(text: str) -> LayerRanks | None:
@@ -43,8 +48,14 @@ class DecomposeScreen(WorkbenchScreen):
         Binding("e", "edit", "Ranks", id="decompose.edit"),
         Binding("space", "toggle", "On/off", id="decompose.toggle"),
         Binding("a", "apply", "Apply", id="decompose.apply"),
-        Binding("ctrl+s", "app.save_session", "Save", show=False, id="decompose.save"),
     ]
+    HELP = ("[b]shape[/]    the layer's weight: out x in x kh x kw\n"
+            "[b]ranks[/]    R_out R_in (Tucker-2) or the rank (CP3, SVD)\n"
+            "[b]params[/]   parameters before → after\n"
+            "[b]FLOPs÷[/]   how many times fewer FLOPs\n"
+            "[b]rel err[/]  relative reconstruction error of the weight (… while computed)\n"
+            "[b]note[/]     custom ranks, off, or why the layer is skipped\n"
+            "The table dims while the settings are in error; a is refused until they are fixed.")
 
     @property
     def settings(self) -> DecomposeSection:
@@ -66,12 +77,15 @@ class DecomposeScreen(WorkbenchScreen):
 
     def on_mount(self) -> None:
         table = self.query_one("#layers-d", DataTable)
+        table.fixed_columns = 1  # the layer name stays when scrolling right
         for key, label in (("name", "layer"), ("shape", "shape"), ("ranks", "ranks"), ("params", "params"),
                            ("flops", "FLOPs÷"), ("error", "rel err"), ("note", "note")):
             table.add_column(label, key=key)
         self.decomposer: Decomposer | None = None
         self.source: Overview | None = None
         self.plan: DecomposePlan | None = None
+        self.apply_when_planned = False  # a pressed before the plan was ready
+        self.error: str | None = None  # why the table is out of date
         self.errors: dict[tuple, float] = {}
 
     def show_overview(self, overview: Overview) -> None:
@@ -82,7 +96,7 @@ class DecomposeScreen(WorkbenchScreen):
             self.fill_fields(self.settings)
             self.build(source)
 
-    @work(thread=True, exclusive=True, group="decomposer")
+    @work(thread=True, exclusive=True, group="decomposer", exit_on_error=False)
     def build(self, source: Overview) -> None:
         opened = source.opened
         try:
@@ -94,7 +108,7 @@ class DecomposeScreen(WorkbenchScreen):
 
     def _ready(self, decomposer: Decomposer) -> None:
         self.decomposer = decomposer
-        self.replan()
+        self.settings_changed()  # the fields may have changed while it was built
 
     def fill_fields(self, s: DecomposeSection) -> None:
         self.query_one("#method", Select).value = s.method
@@ -111,8 +125,11 @@ class DecomposeScreen(WorkbenchScreen):
         data = {**self.settings.model_dump(), "method": self.query_one("#method", Select).value,
                 "rank_rule": self.query_one("#rule", Select).value, "linear": self.query_one("#linear", Select).value,
                 "x": x}
-        if data["method"] != self.settings.method:
+        if data["method"] != self.settings.method and data["ranks"]:
+            dropped = ", ".join(data["ranks"])
             data["ranks"] = {}  # Tucker-2 ranks do not carry over to CP3 and back
+            self.notify(f"custom ranks dropped (they do not carry over to {data['method']}): {dropped}",
+                        severity="warning", timeout=8)
         try:
             return DecomposeSection.model_validate(data)
         except ValidationError as exc:
@@ -133,31 +150,38 @@ class DecomposeScreen(WorkbenchScreen):
         try:
             settings = self.settings_from_fields()
         except WorkbenchError as exc:
-            self.query_one("#dtotals", Static).update(f"[red]{exc}[/]")
+            self.out_of_date(str(exc))
             return
         if settings != self.settings:  # field events also fire when the screen fills them in
             self.app.decompose_settings = settings
         self.replan()
 
-    @work(thread=True, exclusive=True, group="dplan")
+    @work(thread=True, exclusive=True, group="dplan", exit_on_error=False)
     def replan(self) -> None:
         try:
             plan = self.decomposer.plan(self.settings)
         except WorkbenchError as exc:
-            self.app.call_from_thread(self.query_one("#dtotals", Static).update, f"[red]{exc}[/]")
+            self.app.call_from_thread(self.out_of_date, str(exc))
             return
         self.app.call_from_thread(self.show_plan, plan)
         self.app.call_from_thread(self.fill_errors, plan)
 
+    def out_of_date(self, message: str) -> None:
+        """The settings are in error: say why, dim the table, refuse to apply it."""
+        self.error, self.apply_when_planned = message, False
+        self.query_one("#dtotals", Static).update(
+            f"[red]{escape(message)}[/]\n[dim]the table below is out of date: fix the settings to re-plan[/]")
+        self.query_one("#layers-d", DataTable).add_class("-stale")
+
     def show_plan(self, plan: DecomposePlan) -> None:
-        first, self.plan = self.plan is None, plan
+        first, self.plan, self.error = self.plan is None, plan, None
+        self.query_one("#layers-d", DataTable).remove_class("-stale")
         (p0, p1), (f0, f1) = plan.params, plan.flops
         done = [x for x in plan.layers if x.skipped is None]
         on = "A3: the pruned model" if self.app.pruned else "A2: the opened model"
         self.query_one("#dtotals", Static).update(
             f"params {p0:,} → [b]{p1:,}[/] ({p0 / p1:.2f}x)   FLOPs {count(f0)} → [b]{count(f1)}[/] ({f0 / f1:.2f}x)\n"
-            f"[dim]{len(done)} layers decomposed, {len(plan.layers) - len(done)} skipped; on {on}; "
-            "e ranks, space on/off, a apply[/]")
+            f"[dim]{len(done)} layers decomposed, {len(plan.layers) - len(done)} skipped; on {on}[/]")
         table = self.query_one("#layers-d", DataTable)
         row = table.cursor_row
         table.clear()
@@ -180,12 +204,14 @@ class DecomposeScreen(WorkbenchScreen):
             table.move_cursor(row=min(row, len(self.rows) - 1))
         if first:
             table.focus()
+        if self.apply_when_planned and plan.settings == self.settings:
+            self.action_apply()
 
     @staticmethod
     def _key(layer) -> tuple:
         return (layer.name, layer.method, tuple(layer.ranks))
 
-    @work(thread=True, exclusive=True, group="derrors")
+    @work(thread=True, exclusive=True, group="derrors", exit_on_error=False)
     def fill_errors(self, plan: DecomposePlan) -> None:
         """Reconstruction error of each decomposed layer, one at a time, off the UI thread."""
         for layer in plan.layers:
@@ -243,6 +269,13 @@ class DecomposeScreen(WorkbenchScreen):
         self.replan()
 
     def action_apply(self) -> None:
-        if self.plan is not None:
-            self.app.decompose_settings = self.plan.settings
-            self.app.apply_plan(self.plan, self.decomposer)
+        if self.error is not None:
+            self.notify(f"not applied: {self.error}", severity="error")
+            return
+        if self.plan is None or self.plan.settings != self.settings:
+            self.apply_when_planned = True
+            self.notify("planning: the plan is applied as soon as it is ready")
+            return
+        self.apply_when_planned = False
+        self.app.decompose_settings = self.plan.settings
+        self.app.apply_plan(self.plan, self.decomposer)

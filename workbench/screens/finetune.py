@@ -9,14 +9,16 @@ only follows the run directory: new lines of metrics.jsonl and status.json, twic
 
 from __future__ import annotations
 
+import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import ValidationError
 from rich.text import Text
@@ -24,16 +26,18 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, ProgressBar, Static
+from textual.widgets import Button, DataTable, Footer, ProgressBar, Static
 
 from core.errors import WorkbenchError
 from core.finetune.rundir import METRICS, MetricsFollower, is_alive, read_status
 from core.finetune.settings import REFERENCE, FinetuneStage
-from core.overview import Overview
 from workbench.format import count, duration, num, percent
 from workbench.screens.base import WorkbenchScreen
 from workbench.widgets.layer_edit import LayerEditor
 from workbench.widgets.plots import SeriesPlot
+
+if TYPE_CHECKING:  # types only: the screens import without torch
+    from core.overview import Overview
 
 # (FinetuneStage field, column header, parser of the typed text)
 COLUMNS = [("mode", "mode", str), ("epochs", "epochs", int), ("lr", "lr", float), ("milestones", "milestones", list),
@@ -102,19 +106,54 @@ def stage_cells(stage: FinetuneStage) -> list:
     return cells
 
 
-def replay_command(session_file: Path, run_dir: Path, resume: bool = False) -> list[str]:
-    return [sys.executable, "-m", "workbench", "replay", str(session_file), "--out", str(run_dir), "--no-latency",
-            *(["--resume"] if resume else [])]
+def step_rows(steps) -> list[tuple] | None:
+    """The results table's rows (cells, then the row key) for a `steps` list; None when malformed."""
+    try:
+        base = steps[0] if steps else {}
+
+        def ratio(step: dict, key: str) -> str:
+            return f"{base[key] / step[key]:.2f}" if base.get(key) and step.get(key) else "-"
+
+        return [(str(step["name"]), count(step.get("params")), count(step.get("flops")), percent(step.get("accuracy")),
+                 num(step.get("latency_ms")), ratio(step, "params"), ratio(step, "flops"), str(step["name"]))
+                for step in steps]
+    except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError):
+        return None
 
 
-def launch(session_file: Path, run_dir: Path, resume: bool = False) -> subprocess.Popen:
+def report_rows(run_dir: Path) -> list[tuple] | None:
+    """The rows of a run directory's report.json, or None when it is missing or unreadable."""
+    try:
+        return step_rows(json.loads((Path(run_dir) / "report.json").read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def replay_command(session_file: Path, run_dir: Path, resume: bool = False, latency: bool = True,
+                   trust: bool = False) -> list[str]:
+    """The run's command line; latency is measured (the results' ms column) unless the app was
+    opened without it; `trust` (the app was opened with code the user allowed) passes --trust-pickle."""
+    return [sys.executable, "-m", "workbench", "replay", str(session_file), "--out", str(run_dir),
+            *([] if latency else ["--no-latency"]), *(["--resume"] if resume else []),
+            *(["--trust-pickle"] if trust else [])]
+
+
+def replay_command_line(session_file: Path, run_dir: Path, trust: bool = False) -> str:
+    """What a user types to resume the run from a shell."""
+    return shlex.join(["workbench", "replay", str(Path(session_file).resolve()), "--out", str(Path(run_dir).resolve()),
+                       "--resume", *(["--trust-pickle"] if trust else [])])
+
+
+def launch(session_file: Path, run_dir: Path, resume: bool = False, latency: bool = True,
+           trust: bool = False) -> subprocess.Popen:
     """Start `workbench replay` as its own process, in its own session: it outlives the app."""
     run_dir.mkdir(parents=True, exist_ok=True)
     # the run imports the same code as this app, whatever the current folder
     root = str(Path(__file__).resolve().parents[2])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     with open(run_dir / "stdout.log", "ab") as log:
-        return subprocess.Popen(replay_command(session_file, run_dir, resume), start_new_session=True, env=env,
+        return subprocess.Popen(replay_command(session_file, run_dir, resume, latency, trust), start_new_session=True,
+                                env=env,
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
@@ -161,34 +200,35 @@ class FollowedRun:
                 return None
         return pid
 
-    def resume(self) -> None:
-        self.process = launch(self.session_file, self.dir, resume=True)
+    def resume(self, latency: bool = True) -> None:
+        self.process = launch(self.session_file, self.dir, resume=True, latency=latency)
 
 
 class QuitRunScreen(ModalScreen[str]):
     """Asked when quitting while the followed run is alive: leave it, stop it, or cancel."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("l", "choose('leave')", "Leave running", id="quit.leave"),
-        Binding("s", "choose('stop')", "Stop it", id="quit.stop"),
-        Binding("c,escape", "choose('cancel')", "Cancel", id="quit.cancel"),
+        Binding("l", "choose('leave')", "Leave it running", id="quit.leave"),
+        Binding("s", "choose('stop')", "Stop it, quit", id="quit.stop"),
+        Binding("c,escape", "choose('cancel')", "Back", id="quit.cancel"),
     ]
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, folder: str | None = None) -> None:
         super().__init__()
-        self.run_name = name
+        self.run_name, self.folder = name, folder or name
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quit-dialog"):
             yield Static(f"The run [b]{self.run_name}[/] is still going.\n"
-                         "[b]l[/] leave it running (it goes on without the workbench; "
-                         "`workbench open RUN_DIR` follows it again)\n"
+                         "[b]l[/] leave it running: it goes on without the workbench; "
+                         f"`workbench open {self.folder}` follows it again\n"
                          "[b]s[/] stop it (it checkpoints; resume later), then quit\n"
-                         "[b]c[/] cancel: back to the workbench")
+                         "[b]c[/] / [b]esc[/] back to the workbench (the run goes on)")
             with Horizontal(id="quit-buttons"):
                 yield Button("Leave (l)", id="leave", variant="primary", compact=True)
                 yield Button("Stop (s)", id="stop", variant="warning", compact=True)
-                yield Button("Cancel (c)", id="cancel", compact=True)
+                yield Button("Back (c)", id="cancel", compact=True)
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         self.dismiss(event.button.id)
@@ -202,11 +242,15 @@ class FinetuneScreen(WorkbenchScreen):
         Binding("s", "start", "Start", id="finetune.start"),
         Binding("c", "cancel_run", "Cancel run", id="finetune.cancel"),
         Binding("r", "resume", "Resume", id="finetune.resume"),
-        Binding("a,plus", "add_stage", "Add stage", show=False, id="finetune.add"),
-        Binding("x,delete", "delete_stage", "Delete stage", show=False, id="finetune.delete"),
-        Binding("e", "edit", "Edit cell", show=False, id="finetune.edit"),
-        Binding("ctrl+s", "app.save_session", "Save", show=False, id="finetune.save"),
+        Binding("e", "edit", "Edit", id="finetune.edit"),
+        Binding("a,plus", "add_stage", "Add", id="finetune.add"),
+        Binding("x,delete", "delete_stage", "Delete", id="finetune.delete"),
     ]
+
+    HELP = ("[b]mode[/]        ce (cross-entropy), mse (logits vs the original), aux (auxiliary losses)\n"
+            "[b]milestones[/]  epochs where lr is multiplied by gamma; [b]batch[/] the batch size\n"
+            "[b]mse×[/]        weight of the logits MSE (mse, aux); [b]losses[/] aux losses; [b]decay[/] their v\n"
+            "Results: [b]ms[/] latency (batch 1, median), [b]÷params ÷FLOPs[/] how many times fewer than the baseline.")
 
     def body(self) -> ComposeResult:
         yield DataTable(id="stages", cursor_type="cell", zebra_stripes=True)
@@ -229,8 +273,6 @@ class FinetuneScreen(WorkbenchScreen):
         for key, label in (("name", "step"), ("params", "params"), ("flops", "FLOPs"), ("acc", "accuracy"),
                            ("ms", "ms"), ("dparams", "÷params"), ("dflops", "÷FLOPs")):
             results.add_column(label, key=key)
-        if not self.app.finetune_settings:
-            self.app.finetune_settings = default_stages()
         self.fill_stages()
         table.focus()
         self._attached: FollowedRun | None = None
@@ -339,7 +381,7 @@ class FinetuneScreen(WorkbenchScreen):
         if run is None or run.alive():
             return
         try:
-            run.resume()
+            run.resume(self.app.latency)
         except OSError as exc:
             self.notify(f"cannot resume: {exc}", severity="error")
             return
@@ -357,6 +399,7 @@ class FinetuneScreen(WorkbenchScreen):
         self.epoch_offsets: dict[int, int] = {}
         self.max_step = self.max_epoch = 0
         self.progress_text = ""
+        self._last_progress: tuple | None = None
         self.query_one("#loss-plot", SeriesPlot).clear()
         self.query_one("#acc-plot", SeriesPlot).clear()
         self.query_one("#ft-results", DataTable).clear()
@@ -426,27 +469,30 @@ class FinetuneScreen(WorkbenchScreen):
             self._progress_line(e["epochs"], e["epoch"], self.speed, self.eta)
 
     def _steps(self, e: dict) -> None:
+        rows = step_rows(e.get("steps"))
+        if rows is None:  # a malformed line: the results table keeps what report.json says
+            run = self.app.followed
+            rows = report_rows(run.dir) if run is not None else None
+            self.notify("skipped a malformed `steps` line of metrics.jsonl" +
+                        ("; the results come from report.json" if rows else ""), severity="warning")
+            if rows is None:
+                return
         table = self.query_one("#ft-results", DataTable)
         table.clear()
-        steps = e["steps"]
-        base = steps[0] if steps else {}
-
-        def ratio(step: dict, key: str) -> str:
-            return f"{base[key] / step[key]:.2f}" if base.get(key) and step.get(key) else "-"
-
-        for step in steps:
-            table.add_row(step["name"], count(step.get("params")), count(step.get("flops")),
-                          percent(step.get("accuracy")), num(step.get("latency_ms")), ratio(step, "params"),
-                          ratio(step, "flops"), key=step["name"])
+        for *cells, key in rows:
+            table.add_row(*cells, key=key)
 
     def _progress_line(self, epochs, epoch, speed, eta, e: dict | None = None) -> None:
+        """Stage, epoch, throughput and ETA (these two only while the run is alive), best accuracy."""
+        self._last_progress = (epochs, epoch, speed, eta, e)
         stage = e or self.stage_event or {}
         n = (self.stage_event or {}).get("stages", "?")
         parts = [f"stage {stage.get('stage', 0) + 1}/{n} {stage.get('mode', '')}",
                  f"epoch {epoch}/{epochs if epochs is not None else '?'}"]
-        if speed is not None:
-            parts.append(f"{speed:,.0f} img/s")
-        parts.append(f"ETA {duration(eta)}")
+        if self._state() not in ("stopping", "stopped", "failed", "exited"):  # no speed for a halted run
+            if speed is not None:
+                parts.append(f"{speed:,.0f} img/s")
+            parts.append(f"ETA {duration(eta)}")
         if self.best_val is not None:
             parts.append(f"best {percent(self.best_val)}")
         self.speed, self.eta = speed, eta
@@ -484,3 +530,5 @@ class FinetuneScreen(WorkbenchScreen):
         if getattr(self, "_shown_state", None) != state:
             self._shown_state = state
             self.refresh_bindings()
+            if getattr(self, "_last_progress", None):  # img/s and ETA only while it runs
+                self._progress_line(*self._last_progress)

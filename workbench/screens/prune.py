@@ -6,7 +6,11 @@ model; the screen only edits the app's `PruneSection` and renders the plan."""
 
 from __future__ import annotations
 
+from itertools import pairwise
+from typing import TYPE_CHECKING
+
 from pydantic import ValidationError
+from rich.markup import escape
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -14,17 +18,33 @@ from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
 from core.errors import WorkbenchError
-from core.overview import Overview
 from core.prune.plan import Planner, PrunePlan
 from core.prune.scores import METRICS
-from core.prune.strategies import STRATEGIES
+from core.prune.strategies import STRATEGIES, p5_plan
 from core.session import LayerChoice, PruneSection
 from workbench.format import count, num
 from workbench.screens.base import WorkbenchScreen
 from workbench.widgets.layer_edit import LayerEditor
 
-FIELDS = {"tmin": float, "tmax": float, "coef": float, "percent": float, "variant": str, "multiple_of": int}
-USES = {"tmin": "P1 P2 P3", "tmax": "P1 P2 P3", "coef": "P1 P2 P3", "percent": "P4", "variant": "P5"}
+if TYPE_CHECKING:  # types only: the screens import without torch
+    from core.overview import Overview
+
+FIELDS = {"tmin": float, "tmax": float, "coef": float, "percent": float, "variant": str, "multiple_of": int,
+          "stage_bounds": list[int], "stage_ratios": list[float], "skip": list[int]}
+ROWS = {"P1": "row-t", "P2": "row-t", "P3": "row-t", "P4": "row-p4", "P5": "row-p5", "manual": "row-manual"}
+
+
+def parse_field(name: str, kind, text: str):
+    """A field's typed text as its settings value: numbers, or lists of them ('18 36' or '18, 36')."""
+    item = kind.__args__[0] if hasattr(kind, "__args__") else kind
+    try:
+        if kind is not item:
+            return [item(part) for part in text.replace(",", " ").split()]
+        return kind(text)
+    except ValueError:
+        what = f"{'whole numbers' if item is int else 'numbers'}, e.g. {'18 36' if item is int else '0.1 0.2 0.3'}" \
+            if kind is not item else f"a {item.__name__}"
+        raise WorkbenchError(f"{name}: '{text}' is not {what}") from None
 
 
 def parse_edit(text: str) -> LayerChoice | None:
@@ -41,10 +61,16 @@ def parse_edit(text: str) -> LayerChoice | None:
 
 class PruneScreen(WorkbenchScreen):
     BINDINGS = [
-        Binding("e", "edit", "Edit", id="prune.edit"),
+        Binding("e", "edit", "Edit layer", id="prune.edit"),
         Binding("a", "apply", "Apply", id="prune.apply"),
-        Binding("ctrl+s", "app.save_session", "Save", show=False, id="prune.save"),
     ]
+    HELP = ("[b]id[/]     the layer's number (P5 stage ends and skip use it)\n"
+            "[b]ch[/]     its filters (output channels)\n"
+            "[b]T[/]      the layer statistic of P1-P3: W (P1), smoothed JB (P2), smoothed k3·k4 (P3)\n"
+            "[b]ratio[/]  the fraction of filters pruned (eq. 9 for P1-P3)\n"
+            "[b]keep[/]   the filters kept; [b]cut[/] the filters removed\n"
+            "[b]by[/]     what decided it: the strategy, an override (e), or skip (P5)\n"
+            "Fields left empty take the default shown in grey; the table dims while the fields are in error.")
 
     @property
     def settings(self) -> PruneSection:
@@ -56,43 +82,64 @@ class PruneScreen(WorkbenchScreen):
             yield Select([(s, s) for s in (*STRATEGIES, "manual")], value="P1", allow_blank=False,
                          compact=True, id="strategy")
             yield Select([(m, m) for m in METRICS], value="k34", allow_blank=False, compact=True, id="metric")
-            yield Label(" %")
-            yield Input(compact=True, id="percent", placeholder="0.32")
-            yield Label(" var")
-            yield Input(compact=True, id="variant", placeholder="A/B/C")
-            yield Label(" ×")
+            yield Label("keep ×")
             yield Input(compact=True, id="multiple_of", placeholder="1")
-        with Horizontal(classes="fields"):
+        # the second line holds the fields of the chosen strategy only
+        with Horizontal(classes="fields", id="row-t"):
             yield Label("Tmin")
             yield Input(compact=True, id="tmin")
-            yield Label(" Tmax")
+            yield Label("Tmax")
             yield Input(compact=True, id="tmax")
-            yield Label(" coef")
+            yield Label("coef")
             yield Input(compact=True, id="coef")
+        with Horizontal(classes="fields", id="row-p4"):
+            yield Label("prune % of all filters")
+            yield Input(compact=True, id="percent", placeholder="0.32")
+        with Horizontal(classes="fields", id="row-p5"):
+            yield Label("var")
+            yield Input(compact=True, id="variant", placeholder="A/B/C")
+            yield Label("ends≤")
+            yield Input(compact=True, id="stage_bounds")
+            yield Label("ratios")
+            yield Input(compact=True, id="stage_ratios")
+            yield Label("skip")
+            yield Input(compact=True, id="skip", placeholder="none")
+        with Horizontal(classes="fields", id="row-manual"):
+            yield Label("manual: e sets each layer's ratio or keep")
         yield Static(id="totals")
         yield DataTable(id="plan", cursor_type="row", zebra_stripes=True)
         yield LayerEditor(id="edit")
 
     def on_mount(self) -> None:
         table = self.query_one("#plan", DataTable)
+        table.fixed_columns = 1  # the layer name stays when scrolling right
         for key, label in (("name", "layer"), ("id", "id"), ("ch", "ch"), ("T", "T"), ("ratio", "ratio"),
                            ("keep", "keep"), ("cut", "cut"), ("by", "by")):
             table.add_column(label, key=key)
         self.planner: Planner | None = None
         self.plan: PrunePlan | None = None
+        self.apply_when_planned = False  # a pressed before the plan was ready
+        self.error: str | None = None  # why the table is out of date (the fields or the plan failed)
         self._filling = False
+        self.show_rows("P1")
+
+    def show_rows(self, strategy: str) -> None:
+        """Show the second line of fields that `strategy` uses."""
+        for row in set(ROWS.values()):
+            self.query_one(f"#{row}").display = row == ROWS.get(strategy)
 
     def show_overview(self, overview: Overview) -> None:
         if self.planner is None:
             self.fill_fields(self.settings)
             self.build_planner(self.app.base)
 
-    @work(thread=True, exclusive=True, group="planner")
+    @work(thread=True, exclusive=True, group="planner", exit_on_error=False)
     def build_planner(self, base: Overview) -> None:
         s = self.settings
         opened = base.opened
         try:
-            planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, base.stats, s.coupled, s.ignore)
+            planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, base.stats, s.coupled, s.ignore,
+                              dataset=opened.data.name if opened.data else None)
         except WorkbenchError as exc:
             self.app.call_from_thread(self.query_one("#totals", Static).update, f"[red]{exc}[/]")
             return
@@ -100,7 +147,7 @@ class PruneScreen(WorkbenchScreen):
 
     def _planner_ready(self, planner: Planner) -> None:
         self.planner = planner
-        self.replan()
+        self.settings_changed()  # the fields may have changed while it was built
 
     def fill_fields(self, s: PruneSection) -> None:
         self._filling = True
@@ -109,8 +156,15 @@ class PruneScreen(WorkbenchScreen):
         for name in FIELDS:
             value = getattr(s, name)
             default = PruneSection.model_fields[name].default
-            self.query_one(f"#{name}", Input).value = "" if value is None or value == default else str(value)
+            text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
+            self.query_one(f"#{name}", Input).value = "" if value is None or value == default else text
+        self.show_rows(s.strategy)
         self._filling = False
+
+    def stage_ends(self) -> list[int]:
+        """P5's default stage ends: the last layer id before the width changes."""
+        groups = sorted(self.planner.groups, key=lambda g: g.layer_id) if self.planner else []
+        return [a.layer_id for a, b in pairwise(groups) if a.channels != b.channels]
 
     def settings_from_fields(self) -> PruneSection:
         """The app's settings with the fields applied; empty fields mean the default."""
@@ -118,10 +172,10 @@ class PruneScreen(WorkbenchScreen):
                   "metric": self.query_one("#metric", Select).value}
         for name, kind in FIELDS.items():
             text = self.query_one(f"#{name}", Input).value.strip()
-            try:
-                update[name] = kind(text) if text else PruneSection.model_fields[name].default
-            except ValueError:
-                raise WorkbenchError(f"{name}: '{text}' is not a {kind.__name__}") from None
+            update[name] = parse_field(name, kind, text) if text else PruneSection.model_fields[name].default
+        ratios, ends = update["stage_ratios"], self.stage_ends()
+        if ratios is not None and update["stage_bounds"] is None and len(ratios) == len(ends) + 1:
+            update["stage_bounds"] = ends  # one ratio per stage: the stages the placeholder shows
         data = {**self.settings.model_dump(), **update}
         try:
             return PruneSection.model_validate(data)
@@ -131,6 +185,8 @@ class PruneScreen(WorkbenchScreen):
             raise WorkbenchError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "strategy":
+            self.show_rows(str(event.value))
         self.settings_changed()
 
     def on_input_changed(self, event: Input.Changed) -> None:
@@ -143,31 +199,60 @@ class PruneScreen(WorkbenchScreen):
         try:
             settings = self.settings_from_fields()
         except WorkbenchError as exc:
-            self.query_one("#totals", Static).update(f"[red]{exc}[/]")
+            self.out_of_date(str(exc))
             return
         if settings != self.settings:  # field events also fire when the screen fills them in
             self.app.prune_settings = settings
         self.replan()
 
-    @work(thread=True, exclusive=True, group="plan")
+    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
     def replan(self) -> None:
         settings = self.settings
         try:
             plan = self.planner.plan(settings)
         except WorkbenchError as exc:
-            self.app.call_from_thread(self.query_one("#totals", Static).update, f"[red]{exc}[/]")
+            self.app.call_from_thread(self.out_of_date, str(exc))
             return
         self.app.call_from_thread(self.show_plan, plan)
 
+    def out_of_date(self, message: str) -> None:
+        """The fields (or the plan) are in error: say why, dim the table, refuse to apply it."""
+        self.error, self.apply_when_planned = message, False
+        self.query_one("#totals", Static).update(
+            f"[red]{escape(message)}[/]\n[dim]the table below is out of date: fix the fields to re-plan[/]")
+        self.query_one("#plan", DataTable).add_class("-stale")
+        self.p5_placeholders()
+
+    def p5_placeholders(self) -> None:
+        """P5's fields show what an empty field stands for: the variant's values, else the computed stage ends."""
+        if self.planner is None:
+            return
+        ends = self.stage_ends()
+        variant = self.query_one("#variant", Input).value.strip()
+        try:
+            stages = p5_plan(self.planner.arch.model, variant) if variant else None
+        except WorkbenchError:
+            stages = None
+
+        def join(xs) -> str:
+            return " ".join(map(str, xs))
+
+        self.query_one("#stage_bounds", Input).placeholder = join(stages.bounds) if stages else f"auto {join(ends)}"
+        self.query_one("#stage_ratios", Input).placeholder = join(stages.ratios) if stages else \
+            f"{len(ends) + 1} ratios"
+        self.query_one("#skip", Input).placeholder = join(stages.skip) if stages and stages.skip else "none"
+
     def show_plan(self, plan: PrunePlan) -> None:
-        first, self.plan = self.plan is None, plan
+        first, self.plan, self.error = self.plan is None, plan, None
+        self.query_one("#plan", DataTable).remove_class("-stale")
+        self.p5_placeholders()
         (p0, p1), (f0, f1) = plan.params, plan.flops
         t = f"T range [{num(plan.t_range[0])}, {num(plan.t_range[1])}], coef {num(plan.coef)}; " if plan.t_range else ""
         kept = sum(x.keep for x in plan.layers)
         total = sum(x.channels for x in plan.layers)
         self.query_one("#totals", Static).update(
             f"params {p0:,} → [b]{p1:,}[/] ({p0 / p1:.2f}x)   FLOPs {count(f0)} → [b]{count(f1)}[/] ({f0 / f1:.2f}x)\n"
-            f"[dim]{t}{kept}/{total} filters kept in {len(plan.layers)} layers; a apply, e edit[/]")
+            f"[dim]{t}{kept}/{total} filters kept in {len(plan.layers)} layers[/]")
         for name, placeholder in self._defaults(plan).items():
             self.query_one(f"#{name}", Input).placeholder = placeholder
         table = self.query_one("#plan", DataTable)
@@ -181,10 +266,12 @@ class PruneScreen(WorkbenchScreen):
             table.move_cursor(row=min(row, len(plan.layers) - 1))
         if first:
             table.focus()
+        if self.apply_when_planned and plan.settings == self.settings:
+            self.action_apply()
 
     def _defaults(self, plan: PrunePlan) -> dict[str, str]:
         """Placeholders show the value an empty field stands for."""
-        t = self.planner.t_defaults(plan.settings.strategy) if self.planner else None
+        t = plan.t_range  # the session's values, else the reference row's or the network's range
         out = {}
         if t:
             out["tmin"], out["tmax"] = f"auto {num(t[0])}", f"auto {num(t[1])}"
@@ -219,7 +306,13 @@ class PruneScreen(WorkbenchScreen):
         self.replan()
 
     def action_apply(self) -> None:
-        if self.plan is None:
+        if self.error is not None:
+            self.notify(f"not applied: {self.error}", severity="error")
             return
+        if self.plan is None or self.plan.settings != self.settings:
+            self.apply_when_planned = True
+            self.notify("planning: the plan is applied as soon as it is ready")
+            return
+        self.apply_when_planned = False
         self.app.prune_settings = self.plan.settings
         self.app.apply_plan(self.plan)

@@ -2,25 +2,29 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import Static
 
-from core.overview import Overview
-from workbench.format import count, num, percent
+from workbench.format import count, ms, num, percent, plural
 from workbench.screens.base import WorkbenchScreen
+
+if TYPE_CHECKING:  # types only: the screens import without torch
+    from core.overview import Overview
 
 
 def summary_text(ov: Overview) -> str:
     loaded, costs, data = ov.opened.loaded, ov.costs, ov.opened.data
     arch = loaded.arch
     lines = [
-        f"[b]model[/]      {arch.model}  ({arch.num_classes} classes, {arch.in_channels} input channels)",
+        f"[b]model[/]      {arch.model}  ({plural(arch.num_classes, 'class')}, {plural(arch.in_channels, 'input channel')})",
         f"[b]weights[/]    {loaded.source}",
         f"[b]input[/]      {'x'.join(map(str, ov.opened.input_shape))}",
         f"[b]params[/]     {costs.params:,} ({count(costs.params)})",
         f"[b]FLOPs[/]      {costs.flops:,} ({count(costs.flops)}) per image",
-        "[b]latency[/]    " + (f"{num(costs.latency.median_ms)} ms median of {costs.latency.repeats}, batch 1, "
+        "[b]latency[/]    " + (f"{ms(costs.latency.median_ms)} median of {costs.latency.repeats}, batch 1, "
                                 f"{costs.latency.device}" if costs.latency else "not measured"),
         "[b]data[/]       " + (f"{data.name}: {len(data.train)} train / {len(data.val)} val / {len(data.test)} test, "
                                 f"{data.num_classes} classes" if data else "none (pass --data for accuracy)"),
@@ -37,11 +41,11 @@ def summary_text(ov: Overview) -> str:
 def steps_text(steps: list[tuple[str, Overview]]) -> str:
     """The compression so far, one line per applied step, with ratios to the opened model."""
     base = steps[0][1].costs
-    lines = ["", f"[b]{'step':<11}{'params':>11}{'FLOPs':>9}{'latency':>10}{'accuracy':>10}{'÷params':>9}{'÷FLOPs':>8}[/]"]
+    lines = ["", f"[b]{'step':<11}{'params':>11}{'FLOPs':>9}{'latency':>11}{'accuracy':>10}{'÷params':>9}{'÷FLOPs':>8}[/]"]
     for name, ov in steps:
         c = ov.costs
-        lat = f"{num(c.latency.median_ms)}ms" if c.latency else "-"
-        lines.append(f"{name:<11}{c.params:>11,}{count(c.flops):>9}{lat:>10}{percent(ov.accuracy):>10}"
+        lat = ms(c.latency.median_ms) if c.latency else "-"
+        lines.append(f"{name:<11}{c.params:>11,}{count(c.flops):>9}{lat:>11}{percent(ov.accuracy):>10}"
                      f"{base.params / c.params:>9.2f}{base.flops / c.flops:>8.2f}")
     return "\n".join(lines)
 

@@ -1,0 +1,115 @@
+"""Compression that pays off in measured time: every ratio from models timed interleaved in one
+loop (core.measure.compare_latency), on the CPU at batch 1 and 64.
+
+1. ResNet-56 decomposed (Tucker-2, X = 1.71) with `skip_slower = true` against the original
+   (target: at least 1.0x), and A3 (P1, then Tucker-2 with skip_slower) against P1 alone
+   (target: at least as fast).
+2. The ResNet-56 seed checkpoints (pruned by the reference) and ResNet-50 P4 against their
+   unpruned networks: speed-up / FLOPs reduction (target: at least 0.8).
+3. `[target] flops = 0.5` for P1, P4, P5 and Tucker-2 x on ResNet-56: where the plan lands
+   (target: within 1% of half the FLOPs).
+
+Models are seeded random inits where no checkpoint is named (times do not depend on weights).
+Run: python bench/bench_latency.py [--quick]   (on an idle machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.budget import solve_decompose, solve_prune  # noqa: E402
+from core.decompose.plan import Decomposer, apply_decomposition  # noqa: E402
+from core.measure import compare_latency, count_flops  # noqa: E402
+from core.models.checkpoint import load_model  # noqa: E402
+from core.models.zoo import Arch, build  # noqa: E402
+from core.prune.plan import Planner  # noqa: E402
+from core.prune.surgery import apply_pruning  # noqa: E402
+from core.session import DecomposeSection, PruneSection, TargetSection  # noqa: E402
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seed-checkpoints"
+CIFAR = (3, 32, 32)
+
+
+def decompose(model, arch, shape, batch: int):
+    decomposer = Decomposer(model, arch, shape)
+    decomposer.timing = ("cpu", batch)
+    plan = decomposer.plan(DecomposeSection(x=1.71, skip_slower=True))
+    return apply_decomposition(model, arch, plan, decomposer)[0], len(plan.layers) - len(plan.decomposed)
+
+
+def line(label: str, measured: dict, a: str, b: str, flops: dict | None = None) -> None:
+    for x, y in zip(measured[a], measured[b]):
+        ratio = x.median_ms / y.median_ms
+        extra = ""
+        if flops is not None:
+            reduction = flops[a] / flops[b]
+            extra = f", FLOPs {reduction:.2f}x fewer, speed-up/FLOPs = {ratio / reduction:.2f}"
+        print(f"{label} batch {x.batch}: {b} {y.median_ms:.2f} ms vs {a} {x.median_ms:.2f} ms = {ratio:.2f}x{extra} "
+              f"(spread {x.spread:.0%}/{y.spread:.0%})")
+
+
+def skip_slower_lines(batches: tuple[int, ...]) -> None:
+    torch.manual_seed(0)
+    arch = Arch("resnet56", 10)
+    base = build(arch).eval()
+    pruned, pruned_arch = apply_pruning(base, arch, Planner(base, arch, CIFAR).plan(PruneSection()).keep(), CIFAR)
+    for batch in batches:  # layers are timed at the batch size the network is measured at
+        small, skipped = decompose(base, arch, CIFAR, batch)
+        a3, skipped_a3 = decompose(pruned, pruned_arch, CIFAR, batch)
+        measured = compare_latency({"original": base, "decomposed": small, "P1": pruned, "A3": a3}, CIFAR, (batch,))
+        line(f"resnet56 tucker2 skip_slower ({skipped} layers left whole)", measured, "original", "decomposed")
+        line(f"resnet56 A3 skip_slower ({skipped_a3} layers left whole)", measured, "P1", "A3")
+
+
+def pruned_lines(batches: tuple[int, ...], quick: bool) -> None:
+    torch.manual_seed(0)
+    full = build(Arch("resnet56", 10)).eval()
+    models = {"resnet56": full}
+    for name in ("res56.pth.tar", "res56_global.pth.tar", "res56_norm.pth.tar"):
+        models[name.split(".")[0]] = load_model(checkpoint=SEEDS / name).model.eval()
+    flops = {k: count_flops(m, CIFAR) for k, m in models.items()}
+    measured = compare_latency(models, CIFAR, batches)
+    for name in list(models)[1:]:
+        line(f"{name} (reference pruning)", measured, "resnet56", name, flops)
+    arch = Arch("resnet50", 1000)
+    r50 = build(arch).eval()
+    shape = (3, 224, 224)
+    planner = Planner(r50, arch, shape)
+    p4, _ = apply_pruning(r50, arch, planner.plan(PruneSection(strategy="P4")).keep(), shape)
+    models = {"resnet50": r50, "resnet50 P4": p4}
+    flops = {k: count_flops(m, shape) for k, m in models.items()}
+    line("resnet50 P4", compare_latency(models, shape, (1,) if quick else (1, 8), repeats=5 if quick else 15),
+         "resnet50", "resnet50 P4", flops)
+
+
+def target_lines() -> None:
+    torch.manual_seed(0)
+    arch = Arch("resnet56", 10)
+    model = build(arch).eval()
+    goal = TargetSection(flops=0.5)
+    planner = Planner(model, arch, CIFAR)
+    for settings in (PruneSection(strategy="P1"), PruneSection(strategy="P4"),
+                     PruneSection(strategy="P5", variant="C")):
+        _, solved = solve_prune(planner, settings, goal)
+        print(f"resnet56 {settings.strategy} [target] flops = 0.5: {solved.knob} = {solved.value:.4g}, achieved "
+              f"{solved.achieved:.4f} ({abs(solved.achieved / 0.5 - 1):.2%} off)")
+    _, solved = solve_decompose(Decomposer(model, arch, CIFAR), DecomposeSection(), goal)
+    print(f"resnet56 tucker2 [target] flops = 0.5: x = {solved.value:.4g}, achieved {solved.achieved:.4f} "
+          f"({abs(solved.achieved / 0.5 - 1):.2%} off)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="batch 1 only, fewer rounds: checks the script runs")
+    args = parser.parse_args()
+    batches = (1,) if args.quick else (1, 64)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    target_lines()
+    skip_slower_lines(batches)
+    pruned_lines(batches, args.quick)

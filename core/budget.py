@@ -1,0 +1,144 @@
+"""Budgets: a session's `[target]` (FLOPs or parameters as a fraction of the baseline) turned into
+the free knob of the chosen method, solved by bisection on the exact cost model of the plans
+(core/prune/plan.py, core/decompose/plan.py), never by building or measuring a model.
+
+Knobs: P1-P3 `coef` (larger keeps more), P4 `percent` (larger prunes more), P5 a scale of the
+stage ratios (given or of the built-in variant), decomposition `x` (larger compresses more). The
+solution is the setting whose cost is nearest the target, on either side (costs move in steps:
+whole filters, whole ranks, taken by many layers at once); `achieved` says where it landed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from core.errors import WorkbenchError
+from core.session import DecomposeSection, LayerRanks, PruneSection, TargetSection
+
+STEPS = 40          # bisection steps: the knob to ~1e-12 of its range, far below a filter or a rank
+X_RANGE = (1.0 + 1e-6, 1e4)
+COEF_RANGE = (1e-3, 1e4)
+
+
+@dataclass
+class Solved:
+    knob: str          # "coef", "percent", "stage_scale" or "x"
+    value: float
+    metric: str        # "flops" or "params"
+    target: float      # fraction of the baseline asked for
+    achieved: float    # fraction the plan reaches
+
+    def as_dict(self) -> dict:
+        return {"knob": self.knob, "value": self.value, "metric": self.metric, "target": self.target,
+                "achieved": self.achieved}
+
+
+def _metric(target: TargetSection) -> tuple[str, float]:
+    return ("flops", target.flops) if target.flops is not None else ("params", target.params)
+
+
+def _bisect(cost: Callable[[float], float], low: float, high: float, goal: float, increasing: bool,
+            log: bool = False) -> float:
+    """The knob in [low, high] whose cost is nearest `goal` (cost monotone in the knob, in steps): the
+    two sides of the step that crosses the goal are found by bisection and the nearer one is taken."""
+    ok, bad = _bracket(cost, low, high, goal, increasing, log)
+    return ok if bad is None or goal - cost(ok) <= cost(bad) - goal else bad
+
+
+def _bracket(cost: Callable[[float], float], low: float, high: float, goal: float, increasing: bool,
+             log: bool = False) -> tuple[float, float | None]:
+    """The two knob values either side of the step where the cost crosses `goal`: (fits, does not),
+    or (the end that fits best, None) when all of [low, high] fits."""
+    def fits(v: float) -> bool:
+        return cost(v) <= goal
+
+    ok, bad = (low, high) if increasing else (high, low)  # the end that compresses most, and the other
+    if not fits(ok):
+        raise WorkbenchError(f"target: even at {ok:g} the plan keeps {cost(ok):.4f} of the baseline, above the "
+                             f"{goal} asked for: compress more layers or raise the target")
+    if fits(bad):
+        return bad, None
+    for _ in range(STEPS):
+        mid = math.sqrt(ok * bad) if log else (ok + bad) / 2
+        ok, bad = (mid, bad) if fits(mid) else (ok, mid)
+    return ok, bad
+
+
+def solve_prune(planner, settings: PruneSection, target: TargetSection,
+                baseline: tuple[int, int] | None = None) -> tuple[PruneSection, Solved]:
+    """`settings` with its strategy's knob set so the pruned network meets `target` (fractions of
+    `baseline` (params, FLOPs), by default the planner's own network)."""
+    metric, goal = _metric(target)
+    base = dict(zip(("params", "flops"), baseline or planner.baseline))[metric]
+
+    def fraction(s: PruneSection) -> float:
+        return getattr(planner.plan(s), metric)[1] / base
+
+    strategy = settings.strategy
+    if strategy in ("P1", "P2", "P3"):
+        knob, make = "coef", lambda v: settings.model_copy(update={"coef": v})
+        value = _bisect(lambda v: fraction(make(v)), *COEF_RANGE, goal, increasing=True, log=True)
+    elif strategy == "P4":
+        knob, make = "percent", lambda v: settings.model_copy(update={"percent": v})
+        value = _bisect(lambda v: fraction(make(v)), 0.0, 1.0 - 1e-9, goal, increasing=False)
+    elif strategy == "P5":
+        stages = planner._stage_plan(settings)
+        top = max(stages.ratios)
+        if top <= 0:
+            raise WorkbenchError("target: the P5 stage ratios are all 0, so there is nothing to scale; give "
+                                 "prune.stage_ratios")
+        knob = "stage_scale"
+
+        def make(v: float) -> PruneSection:
+            return settings.model_copy(update={"stage_bounds": list(stages.bounds), "skip": list(stages.skip),
+                                               "stage_ratios": [min(r * v, 1.0) for r in stages.ratios]})
+        value = _bisect(lambda v: fraction(make(v)), 0.0, 1.0 / top, goal, increasing=False)
+    else:
+        raise WorkbenchError(f"target: strategy {strategy} has no knob to solve (P1-P5 do); drop [target] or "
+                             "pick one of those")
+    solved = make(value)
+    return solved, Solved(knob, value, metric, goal, fraction(solved))
+
+
+def solve_decompose(decomposer, settings: DecomposeSection, target: TargetSection,
+                    baseline: tuple[int, int] | None = None) -> tuple[DecomposeSection, Solved]:
+    """`settings` with `x` set so the decomposed network meets `target` (fractions of `baseline`
+    (params, FLOPs), e.g. the network before pruning for A3; by default the decomposer's own)."""
+    if settings.rank_rule != "x":
+        raise WorkbenchError("target: decompose.rank_rule = \"vbmf\" has no compression factor to solve; use "
+                             "rank_rule = \"x\" or drop [target]")
+    metric, goal = _metric(target)
+    base = dict(zip(("params", "flops"), baseline or (decomposer.params, decomposer.flops)))[metric]
+
+    def fraction(s: DecomposeSection) -> float:
+        return getattr(decomposer.plan(s.model_copy(update={"skip_slower": False})), metric)[1] / base
+
+    def at(x: float) -> DecomposeSection:
+        return settings.model_copy(update={"x": x})
+
+    # on the cost model alone, never timed; then layer by layer up to the next step's ranks
+    ok, bad = _bracket(lambda x: fraction(at(x)), *X_RANGE, goal, increasing=False, log=True)
+    best = at(ok) if bad is None else _refine(decomposer, at(ok), at(bad), goal, fraction)
+    achieved = fraction(best) if not settings.skip_slower else \
+        getattr(decomposer.plan(best), metric)[1] / base
+    return best, Solved("x", best.x, metric, goal, achieved)
+
+
+def _refine(decomposer, low: DecomposeSection, high: DecomposeSection, goal: float,
+            fraction: Callable[[DecomposeSection], float]) -> DecomposeSection:
+    """One x moves the ranks of every layer of a shape at once (18 convs of a ResNet-56 stage), a
+    step too coarse for a budget: starting from `low` (fits), give layers one by one the ranks they
+    have at `high` (does not fit) while the total still fits; then take whichever of that and `high`
+    is nearer the goal. The raised layers' ranks are written into `ranks`, so the plan is explicit."""
+    ranks = dict(low.ranks)
+    current = low
+    for a, b in zip(decomposer.plan(low).layers, decomposer.plan(high).layers):
+        if a.name in low.ranks or a.skipped or b.skipped or a.ranks == b.ranks:
+            continue
+        given = LayerRanks(r_out=b.ranks[0], r_in=b.ranks[1]) if b.method == "tucker2" else LayerRanks(rank=b.ranks[0])
+        trial = low.model_copy(update={"ranks": {**ranks, a.name: given}})
+        if fraction(trial) <= goal:
+            ranks, current = trial.ranks, trial
+    return current if goal - fraction(current) <= fraction(high) - goal else high

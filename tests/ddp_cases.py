@@ -1,0 +1,138 @@
+"""Training cases run by two gloo processes for tests/test_ddp_failures.py.
+
+`python -m tests.ddp_cases CASE OUT` with torchrun's variables set (RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT, LOCAL_RANK, LOCAL_WORLD_SIZE) trains a small model on the demo
+digits; a failure is injected on rank 1 only, as CASE says. Each process writes
+OUT/rank<r>.json: how its run ended (the error line, or "done"), and what the case observes."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from core.data import load_data
+from core.demo import demo_arch
+from core.errors import WorkbenchError
+from core.finetune.settings import FinetuneStage
+from core.finetune.trainer import Placement, Stopped, Trainer, distributed
+from core.models.checkpoint import load_model
+
+CASES = ("oom-forward", "oom-step", "oom-batch", "oom-eval", "nan", "stop", "unused", "dropout")
+
+
+class Poisoned:
+    """Training images that turn NaN after `good` batches."""
+
+    def __init__(self, dataset, good: int):
+        self.dataset, self.good, self.calls = dataset, good, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitems__(self, indices):
+        self.calls += 1
+        items = self.dataset.__getitems__(indices)
+        return [(x * float("nan"), y) for x, y in items] if self.calls > self.good else items
+
+
+class WithUnused(nn.Module):
+    """A digits net with a layer no loss reaches (what DDP without find_unused_parameters refuses)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Linear(8, 10))
+        self.unused = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def dropout_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.5), nn.Linear(32, 10))
+
+
+def oom(*_):
+    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+
+
+def oom_on_call(function, call: int):
+    """`function`, except that its call number `call` runs out of memory instead."""
+    count = [0]
+
+    def wrapped(*args, **kwargs):
+        count[0] += 1
+        if count[0] == call:
+            oom()
+        return function(*args, **kwargs)
+    return wrapped
+
+
+def train(case: str, out: Path, rank: int, world: int) -> dict:
+    """Run CASE on this process; returns what rank<r>.json records."""
+    data = load_data("demo")
+    teacher = load_model("demo").model
+    student = copy.deepcopy(teacher)
+    stage = FinetuneStage(mode="ce", epochs=2, max_steps=4, lr=0.01, batch_size=32, log_every=2,
+                          checkpoint_every=100 if case == "stop" else 1, milestones=[])
+    if case == "unused":
+        student, teacher = WithUnused(), None
+    if case == "dropout":
+        student, teacher = dropout_net(), None
+    if case == "nan" and rank == 1:
+        data = dataclasses.replace(data, train=Poisoned(data.train, good=2))
+    events: list[dict] = []
+    trainer = Trainer(student, teacher, demo_arch(), data, [stage], (1, 8, 8), events.append, out / "ft.ckpt",
+                      Placement.detect())
+    seen: dict = {}
+    if rank == 1:
+        if case == "oom-forward":
+            trainer._loss = oom_on_call(trainer._loss, 3)
+        elif case == "oom-step":
+            torch.optim.SGD.step = oom_on_call(torch.optim.SGD.step, 3)
+        elif case == "oom-batch":
+            trainer._batch = oom_on_call(trainer._batch, 3)
+        elif case == "oom-eval":
+            student.register_forward_pre_hook(lambda m, i: oom() if not m.training else None)
+        elif case == "stop":
+            original = trainer._loss
+
+            def stop_then_loss(*a):
+                trainer.request_stop()
+                return original(*a)
+            trainer._loss = stop_then_loss
+    if case == "dropout":
+        drop = student[3]
+        drop.register_forward_hook(lambda m, i, o: None if "mask" in seen else
+                                   seen.update(mask=(o == 0).flatten().tolist()))
+    try:
+        trainer.run()
+        ended = "done"
+    except (WorkbenchError, Stopped) as exc:
+        ended = f"{type(exc).__name__}: {exc}"
+    if case in ("unused", "dropout"):
+        seen["weights"] = {k: v.flatten().tolist() for k, v in student.state_dict().items()}
+    return {"rank": rank, "world": world, "ended": ended, "events": events, **seen}
+
+
+def main() -> None:
+    case, out = sys.argv[1], Path(sys.argv[2])
+    assert case in CASES, case
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    torch.set_num_threads(1)
+    with distributed():
+        result = train(case, out, rank, world)
+    (out / f"rank{rank}-of-{world}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""Per-layer time and skip_slower (core/layer_times.py): real input shapes, stand-ins shaped like the
+plan, and layers left whole with the reason when their decomposed form is not faster."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.decompose.plan import Decomposer, apply_decomposition
+from core.layer_times import LayerTimer, input_shapes, stand_in
+from core.measure import count_flops, count_params
+from core.models.checkpoint import load_model
+from core.session import DecomposeSection
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+def test_input_shapes_are_each_layers_own(demo):
+    shapes = input_shapes(demo.model, (1, 8, 8))
+    assert shapes["conv1"] == (1, 8, 8) and shapes["layer2.0.conv1"] == (16, 8, 8)
+    assert shapes["layer3.0.conv2"] == (64, 2, 2) and shapes["linear"] == (64,)
+
+
+def test_stand_in_has_the_planned_shapes(demo):
+    conv = demo.model.get_submodule("layer2.0.conv1")       # 16 -> 32, stride 2
+    x = torch.randn(2, 16, 8, 8)
+    for method, ranks in (("tucker2", (12, 10)), ("cp3", (20,))):
+        module = stand_in(conv, method, ranks)
+        assert module(x).shape == conv(x).shape
+        assert module[1].groups == (1 if method == "tucker2" else 20)
+    linear = demo.model.linear
+    assert stand_in(linear, "svd", (5,))(torch.randn(3, 64)).shape == (3, 10)
+
+
+def test_times_are_cached_per_layer_and_ranks(demo):
+    timer = LayerTimer(demo.model, (1, 8, 8))
+    first = timer.times("layer1.0.conv1", "tucker2", (8, 8))
+    assert all(t > 0 for t in first) and timer.times("layer1.0.conv1", "tucker2", (8, 8)) == first
+    assert ("layer1.0.conv1", "tucker2", (6, 6)) not in timer._cache
+
+
+def test_skip_slower_leaves_slower_layers_whole_and_costs_agree(demo, monkeypatch):
+    decomposer = Decomposer(demo.model, demo.arch, (1, 8, 8))
+    slow = {"layer1.0.conv1", "layer3.1.conv2"}   # measured times are not asserted: these two are made slower
+
+    def times(self, name, method, ranks):
+        return (0.2, 0.3) if name in slow else (0.3, 0.2)
+    monkeypatch.setattr(LayerTimer, "times", times)
+    plain = decomposer.plan(DecomposeSection())
+    plan = decomposer.plan(DecomposeSection(skip_slower=True))
+    skipped = {layer.name: layer.skipped for layer in plan.layers if layer.skipped}
+    assert set(skipped) == slow and skipped["layer1.0.conv1"] == "not faster: 0.200 -> 0.300 ms (cpu, batch 1)"
+    assert all(layer.time_ms == (0.3, 0.2) for layer in plan.decomposed)
+    assert plan.flops[1] > plain.flops[1]
+    model, _ = apply_decomposition(demo.model, demo.arch, plan, decomposer)
+    assert isinstance(model.get_submodule("layer1.0.conv1"), nn.Conv2d)
+    assert (count_params(model), count_flops(model, (1, 8, 8))) == (plan.params[1], plan.flops[1])
