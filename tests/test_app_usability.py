@@ -257,12 +257,43 @@ def test_palette_holds_the_workbench_commands():
     async def script(pilot):
         titles = [c.title for c in app.get_system_commands(app.screen)]
         for title in ("Screen: Prune", "Screen: Tune (fine-tuning)", "Save session", "Apply pruning plan",
-                      "Apply decomposition plan", "Export statistics", "Start run", "Open run…"):
+                      "Apply decomposition plan", "Export statistics", "Start run", "Open run…", "Open session…"):
             assert title in titles
         command = next(c for c in app.get_system_commands(app.screen) if c.title == "Apply pruning plan")
         command.callback()
         await settle(pilot)
         assert app.pruned is not None
+
+    drive(app, script)
+
+
+def test_palette_open_session_checks_the_file_asks_then_reopens(tmp_path):
+    """A missing or code-running session file is refused with a notice; a good one is opened in
+    a fresh workbench once the user says yes (the app ends with it as `reopen`)."""
+    good = tmp_path / "p1.toml"
+    good.write_text('version = 1\n[model]\nname = "demo"\n[prune]\nstrategy = "P1"\n')
+    code = tmp_path / "code.toml"
+    code.write_text('version = 1\n[model]\nname = "os:getpid"\n')
+    app = Workbench(Target.demo(), latency=False)
+
+    async def script(pilot):
+        command = next(c for c in app.get_system_commands(app.screen) if c.title == "Open session…")
+        for path, words in ((tmp_path / "none.toml", "does not exist"), (code, "--trust-pickle")):
+            command.callback()
+            await pilot.pause()
+            app.screen.query_one(Input).value = str(path)
+            await pilot.press("enter")
+            await settle(pilot)
+            assert words in messages(app)[-1] and app.reopen is None
+        command.callback()
+        await pilot.pause()
+        app.screen.query_one(Input).value = str(good)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("y")
+        await pilot.pause()
+        assert app.reopen == good
 
     drive(app, script)
 

@@ -102,6 +102,22 @@ def test_queue_dirs_are_distinct():
     assert all(d.parent == Path("out") for d in dirs)
 
 
+def test_queue_without_out_never_reuses_an_existing_run_folder(tmp_path):
+    """A second queue of the same sessions, no --out: new folders runs/<stem>-2, the first
+    queue's runs untouched."""
+    for name in ("demo-p1.toml", "demo-manual.toml"):
+        shutil.copy(SESSIONS / name, tmp_path / name)
+    first = cli("replay", "demo-p1.toml", "demo-manual.toml", "--no-latency", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (tmp_path / "runs" / "demo-p1" / "report.json").read_bytes()
+    second = cli("replay", "demo-p1.toml", "demo-manual.toml", "--no-latency", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == \
+        ["demo-manual", "demo-manual-2", "demo-p1", "demo-p1-2"]
+    assert (tmp_path / "runs" / "demo-p1" / "report.json").read_bytes() == before
+    assert (tmp_path / "runs" / "demo-p1-2" / "report.json").is_file()
+
+
 def test_a_stopped_session_does_not_stop_the_queue(tmp_path):
     """SIGTERM while the first session trains: it checkpoints and stops (one line saying how to
     resume it), the next session still runs; only stops -> exit code 3."""

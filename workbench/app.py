@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
@@ -17,7 +19,14 @@ from textual.worker import Worker, WorkerState
 from core.errors import WorkbenchError
 from core.finetune.rundir import read_status
 from core.finetune.settings import FinetuneStage
-from core.session import DecomposeSection, PruneSection, Session, first_error, runs_code
+from core.session import (
+    DecomposeSection,
+    PruneSection,
+    Session,
+    first_error,
+    load_session,
+    runs_code,
+)
 from core.session_file import save_session_file, written_by_workbench
 from core.target import Target
 from workbench.screens.base import WorkbenchScreen
@@ -96,6 +105,7 @@ class Workbench(App):
         self.decomposed: Overview | None = None  # after the decomposition was applied
         self.overview: Overview | None = None    # the latest of these, shown by the screens
         self.error: str | None = None
+        self.reopen: Path | None = None          # a session to open once this app has ended
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
                markup: bool = True) -> None:
@@ -108,6 +118,8 @@ class Workbench(App):
         result = super().run(*args, **kwargs)
         if self.return_code:
             raise SystemExit(self.return_code)
+        if self.reopen is not None:  # "Open session…": a fresh workbench on that session
+            os.execv(sys.executable, [sys.executable, "-m", "workbench", "open", "--session", str(self.reopen)])
         return result
 
     def on_mount(self) -> None:
@@ -123,7 +135,6 @@ class Workbench(App):
         import torch
 
         from core.overview import gather, open_target
-
         from core.threads import free_cores
 
         # the free cores less one for the UI thread: torch's thread pool slows down many times
@@ -338,6 +349,8 @@ class Workbench(App):
         else:
             yield SystemCommand("Start run", "start fine-tuning with the stages on Tune",
                                 lambda: self.run_on_screen("finetune", "start"))
+        yield SystemCommand("Open session…", "start again on another session file",
+                            lambda: self.push_screen(PathScreen("session file to open"), self.open_session))
         yield SystemCommand("Open run…", "follow a run directory (a replay's --out)",
                             lambda: self.push_screen(PathScreen("run directory to follow"), self.open_run))
 
@@ -345,6 +358,29 @@ class Workbench(App):
         """Switch to screen `name` and run its action `action` once it is shown."""
         self.switch_screen(name)
         self.call_after_refresh(getattr(self.get_screen(name), f"action_{action}"))
+
+    def open_session(self, path: str | None) -> None:
+        """Check the session file `path` (from the palette), then, once the user agreed that the
+        unsaved choices on screen go, end this app and open that session in a fresh one."""
+        if not path:
+            return
+        file = Path(path).expanduser()
+        try:
+            if not file.is_file():
+                raise WorkbenchError(f"session file {file} does not exist")
+            load_session(file).resolved(file.resolve().parent).require_trust(False)
+        except WorkbenchError as exc:
+            self.notify(str(exc), severity="error")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.reopen = file
+                self.exit()
+
+        running = " (the run being followed goes on)" if self.followed is not None and self.followed.alive() else ""
+        self.push_screen(ConfirmScreen(f"Open [b]{file}[/]?\nChoices not saved with ctrl+s are lost{running}."),
+                         answered)
 
     def open_run(self, path: str | None) -> None:
         """Follow the run directory `path` (from the palette)."""

@@ -147,15 +147,16 @@ def run_replay(session: Path, out: Path | None, latency: bool, resume: bool | st
     return run
 
 
-def queue_dirs(sessions: list[Path], parent: Path) -> list[Path]:
+def queue_dirs(sessions: list[Path], parent: Path, avoid_existing: bool = False) -> list[Path]:
     """One run directory per queued session, `parent/<session stem>`; sessions sharing a stem
-    get `-2`, `-3`, ... in queue order, never a name another session's stem takes."""
+    get `-2`, `-3`, ... in queue order, never a name another session's stem takes, and with
+    `avoid_existing` (the default parent, not resuming) never a folder that exists already."""
     stems = [s.stem for s in sessions]
     used: set[str] = set()
     dirs = []
     for stem in stems:
         name, n = stem, 2
-        while name in used or (name != stem and name in stems):
+        while name in used or (name != stem and name in stems) or (avoid_existing and (parent / name).exists()):
             name, n = f"{stem}-{n}", n + 1
         used.add(name)
         dirs.append(parent / name)
@@ -185,7 +186,7 @@ def run_queue(sessions: list[Path], parent: Path | None, latency: bool, resume: 
     runs/<stem>). A failure or a stop is reported in one line and the queue goes on; a
     summary table ends it. Returns the exit code: 0 all ok, 3 only stops, else 2."""
     quiet = int(os.environ.get("RANK", "0")) != 0
-    dirs = queue_dirs(sessions, parent or Path("runs"))
+    dirs = queue_dirs(sessions, parent or Path("runs"), avoid_existing=parent is None and not resume)
     outcomes: list[Outcome] = []
     with distributed():  # one process group for the whole queue under torchrun
         for i, (session, out) in enumerate(zip(sessions, dirs), 1):
