@@ -336,27 +336,35 @@ def _precheck_session(path: Path, data: str | None, checkpoint: Path | None, tru
 
 @cli.command(short_help="export a run's model to ONNX, TorchScript or torch.export")
 def export(
-    source: Path = typer.Argument(..., metavar="RUN_DIR|MODEL_FILE", show_default=False,
-                                  help="a run directory (a replay's --out) or a model file the workbench reads"),
-    fmt: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript, or exported (torch.export .pt2)"),
-    step: Optional[str] = typer.Option(None, "--step", help="baseline, pruned, decomposed, finetune:MODE or "
+    source: Path = typer.Argument(..., metavar="SOURCE", show_default=False, hidden=True),
+    fmt: str = typer.Option("onnx", "--format", "-f", metavar="FORMAT", help="onnx, torchscript, or exported (torch.export .pt2)"),
+    step: Optional[str] = typer.Option(None, "--step", metavar="STEP", help="baseline, pruned, decomposed, finetune:MODE or "
                                                             "finetune-N-MODE (default: the run's last)"),
     out: Optional[Path] = typer.Option(None, "--out", "-o", metavar="FILE",
                                        help="file to write (default: RUN_DIR/<step>.onnx|.torchscript.pt|.pt2, "
                                             "or beside MODEL_FILE)"),
-    opset: Optional[int] = typer.Option(None, "--opset", min=7, help="ONNX opset (default: the exporter's; "
+    opset: Optional[int] = typer.Option(None, "--opset", min=7, metavar="N", help="ONNX opset (default: the exporter's; "
                                                                      "below 18 the TorchScript-based exporter)"),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch",
                                        help="a dynamic batch axis (checked on a batch of one too)"),
-    batch: int = typer.Option(8, "--batch", min=1, help="images in the check batch"),
-    input_size: Optional[str] = typer.Option(None, "--input-size", help="CxHxW of the random check inputs when "
+    batch: int = typer.Option(8, "--batch", min=1, metavar="N", help="images in the check batch"),
+    input_size: Optional[str] = typer.Option(None, "--input-size", metavar="CxHxW", help="CxHxW of the random check inputs when "
                                                                         "there is no data (default: the model's)"),
-    tolerance: float = typer.Option(1e-3, "--tolerance", min=0, help="largest max-abs difference accepted"),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help="a baseline whose session runs code: " + TRUST_HELP),
+    tolerance: float = typer.Option(1e-3, "--tolerance", min=0, metavar="X", help="largest max-abs difference accepted"),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
 ) -> None:
     """Export a model and check it against torch on a batch (the run's first test images,
     else random inputs): the max abs difference is printed, and over --tolerance nothing
-    is written. ONNX needs the export extra: pip install 'hos-workbench[export]'."""
+    is written. ONNX needs the export extra: pip install 'hos-workbench[export]'.
+
+    SOURCE is a run directory (a replay's --out) or a model file the workbench reads.
+
+    \b
+    Examples:
+      workbench export runs/demo
+      workbench export runs/demo --step pruned --format torchscript
+      workbench export model.safetensors --format onnx --opset 17 --static-batch
+    """
     from core.export import check_options, default_out, export_model, load_source
     from core.target import parse_input_size
 
