@@ -46,3 +46,17 @@ class WorkbenchScreen(Screen):
         self.query_one("#loading").display = done < total
         self.query_one("#loading-what", Static).update(f"computing {what} ({done}/{total})")
         self.query_one("#loading-bar", ProgressBar).update(total=total, progress=done)
+
+    def ready_to_apply(self) -> bool:
+        """For the plan screens (Prune, Decompose, with `error`, `plan`, `settings` and
+        `apply_when_planned`): whether `a` may apply the plan now. Refused while the settings
+        are in error; a plan still being computed is applied as soon as it is ready."""
+        if self.error is not None:
+            self.notify(f"not applied: {self.error}", severity="error")
+            return False
+        if self.plan is None or self.plan.settings != self.settings:
+            self.apply_when_planned = True
+            self.notify("planning: the plan is applied as soon as it is ready")
+            return False
+        self.apply_when_planned = False
+        return True

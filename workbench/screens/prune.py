@@ -306,13 +306,7 @@ class PruneScreen(WorkbenchScreen):
         self.replan()
 
     def action_apply(self) -> None:
-        if self.error is not None:
-            self.notify(f"not applied: {self.error}", severity="error")
+        if not self.ready_to_apply():
             return
-        if self.plan is None or self.plan.settings != self.settings:
-            self.apply_when_planned = True
-            self.notify("planning: the plan is applied as soon as it is ready")
-            return
-        self.apply_when_planned = False
         self.app.prune_settings = self.plan.settings
         self.app.apply_plan(self.plan)
