@@ -1,6 +1,8 @@
-"""Budgets: a session's `[target]` (FLOPs or parameters as a fraction of the baseline) turned into
-the free knob of the chosen method, solved by bisection on the exact cost model of the plans
-(core/prune/plan.py, core/decompose/plan.py), never by building or measuring a model.
+"""Budgets: a session's `[target]` (FLOPs, parameters or latency as a fraction of the baseline)
+turned into the free knob of the chosen method, solved by bisection on the exact cost model of the
+plans (core/prune/plan.py, core/decompose/plan.py), never by building a model; latency on the
+per-layer time table (core/layer_times.py: measured once at the planner's or decomposer's
+`timing`, cached, interpolated between grid points), so re-planning stays arithmetic.
 
 Knobs: P1-P3 `coef` (larger keeps more), P4 `percent` (larger prunes more), P5 a scale of the
 stage ratios (given or of the built-in variant), decomposition `x` (larger compresses more). The
@@ -11,8 +13,8 @@ whole filters, whole ranks, taken by many layers at once); `achieved` says where
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from core.errors import WorkbenchError
 from core.session import DecomposeSection, LayerRanks, PruneSection, TargetSection
@@ -26,7 +28,7 @@ COEF_RANGE = (1e-3, 1e4)
 class Solved:
     knob: str          # "coef", "percent", "stage_scale" or "x"
     value: float
-    metric: str        # "flops" or "params"
+    metric: str        # "flops", "params" or "latency"
     target: float      # fraction of the baseline asked for
     achieved: float    # fraction the plan reaches
 
@@ -36,7 +38,7 @@ class Solved:
 
 
 def _metric(target: TargetSection) -> tuple[str, float]:
-    return ("flops", target.flops) if target.flops is not None else ("params", target.params)
+    return next((k, v) for k in ("flops", "params", "latency") if (v := getattr(target, k)) is not None)
 
 
 def _bisect(cost: Callable[[float], float], low: float, high: float, goal: float, increasing: bool,
@@ -69,12 +71,20 @@ def _bracket(cost: Callable[[float], float], low: float, high: float, goal: floa
 def solve_prune(planner, settings: PruneSection, target: TargetSection,
                 baseline: tuple[int, int] | None = None) -> tuple[PruneSection, Solved]:
     """`settings` with its strategy's knob set so the pruned network meets `target` (fractions of
-    `baseline` (params, FLOPs), by default the planner's own network)."""
+    `baseline` (params, FLOPs), by default the planner's own network; latency: of its measured time)."""
     metric, goal = _metric(target)
-    base = dict(zip(("params", "flops"), baseline or planner.baseline))[metric]
+    if metric == "latency":
+        from core.layer_times import prune_latency, table_for
 
-    def fraction(s: PruneSection) -> float:
-        return getattr(planner.plan(s), metric)[1] / base
+        base = table_for(planner, planner.model, planner.input_shape).model_ms()
+
+        def fraction(s: PruneSection) -> float:
+            return prune_latency(planner, planner.plan(s)) / base
+    else:
+        base = dict(zip(("params", "flops"), baseline or planner.baseline))[metric]
+
+        def fraction(s: PruneSection) -> float:
+            return getattr(planner.plan(s), metric)[1] / base
 
     strategy = settings.strategy
     if strategy in ("P1", "P2", "P3"):
@@ -103,17 +113,35 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
 
 
 def solve_decompose(decomposer, settings: DecomposeSection, target: TargetSection,
-                    baseline: tuple[int, int] | None = None) -> tuple[DecomposeSection, Solved]:
+                    baseline: tuple[int, int] | None = None, base_model=None) -> tuple[DecomposeSection, Solved]:
     """`settings` with `x` set so the decomposed network meets `target` (fractions of `baseline`
-    (params, FLOPs), e.g. the network before pruning for A3; by default the decomposer's own)."""
+    (params, FLOPs), e.g. the network before pruning for A3; by default the decomposer's own;
+    latency: of the measured time of `base_model`, by default the decomposer's model)."""
     if settings.rank_rule != "x":
         raise WorkbenchError("target: decompose.rank_rule = \"vbmf\" has no compression factor to solve; use "
                              "rank_rule = \"x\" or drop [target]")
     metric, goal = _metric(target)
-    base = dict(zip(("params", "flops"), baseline or (decomposer.params, decomposer.flops)))[metric]
+    if metric == "latency":
+        from core.layer_times import LatencyTable, decompose_latency, table_for
 
-    def fraction(s: DecomposeSection) -> float:
-        return getattr(decomposer.plan(s.model_copy(update={"skip_slower": False})), metric)[1] / base
+        table = table_for(decomposer, decomposer.model, decomposer.input_shape)
+        if base_model is None or base_model is decomposer.model:
+            base = table.model_ms()
+        else:  # measured once per model and timing, as the table is
+            measured = decomposer.__dict__.setdefault("_base_ms", {})
+            key = (id(base_model), decomposer.timing)
+            if key not in measured:
+                measured[key] = LatencyTable(base_model, decomposer.input_shape, *decomposer.timing).model_ms()
+            base = measured[key]
+
+        def fraction(s: DecomposeSection) -> float:
+            plan = decomposer.plan(s.model_copy(update={"skip_slower": False}))
+            return decompose_latency(decomposer, plan, settings.skip_slower) / base
+    else:
+        base = dict(zip(("params", "flops"), baseline or (decomposer.params, decomposer.flops)))[metric]
+
+        def fraction(s: DecomposeSection) -> float:
+            return getattr(decomposer.plan(s.model_copy(update={"skip_slower": False})), metric)[1] / base
 
     def at(x: float) -> DecomposeSection:
         return settings.model_copy(update={"x": x})
@@ -121,7 +149,7 @@ def solve_decompose(decomposer, settings: DecomposeSection, target: TargetSectio
     # on the cost model alone, never timed; then layer by layer up to the next step's ranks
     ok, bad = _bracket(lambda x: fraction(at(x)), *X_RANGE, goal, increasing=False, log=True)
     best = at(ok) if bad is None else _refine(decomposer, at(ok), at(bad), goal, fraction)
-    achieved = fraction(best) if not settings.skip_slower else \
+    achieved = fraction(best) if not settings.skip_slower or metric == "latency" else \
         getattr(decomposer.plan(best), metric)[1] / base
     return best, Solved("x", best.x, metric, goal, achieved)
 

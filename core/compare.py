@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import WorkbenchError
-from core.finetune.rundir import METRICS, SESSION, STATUS, is_alive, read_events, read_status
+from core.finetune.events import Steps, parse_all
+from core.finetune.rundir import REPORT, RUN_FILES, is_alive, read_events, read_status
 
-REPORT = "report.json"
-RUN_FILES = (REPORT, METRICS, STATUS, SESSION)
 COSTS = {"flops": "flops", "latency": "latency_ms"}
 SORT_KEYS = ("run", "params", "flops", "latency", "accuracy", "delta", "params_ratio", "flops_ratio",
              "latency_ratio")
@@ -102,8 +101,8 @@ def read_run(path: Path) -> RunRow | None:
         state = "interrupted"
     steps = _report_steps(path) if state != "running" else None
     if steps is None:
-        events = [e for e in read_events(path) if e.get("event") == "steps" and isinstance(e.get("steps"), list)]
-        steps = events[-1]["steps"] if events else _report_steps(path)
+        events = [e for e in parse_all(read_events(path)) if isinstance(e, Steps)]
+        steps = events[-1].steps if events else _report_steps(path)
     steps = [s for s in steps or [] if isinstance(s, dict) and "params" in s]
     if not steps:
         return None

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.atomic import atomic_path
-from core.errors import WorkbenchError
+from core.errors import WorkbenchError, first_line
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "exported": ".pt2"}
 TOLERANCE = 1e-3
@@ -147,7 +147,7 @@ def export_model(source: Source, fmt: str, out: Path, opset: int | None = None,
             raise
         except Exception as exc:  # noqa: BLE001 - the exporters raise many kinds: one line, nothing written
             raise WorkbenchError(f"cannot export {source.name} as {fmt}: {type(exc).__name__}: "
-                                 f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from None
+                                 f"{first_line(exc)}") from None
         run, runtime = _RUNNERS[fmt](tmp)
         with torch.no_grad():
             diff = max(float((run(b) - model(b)).abs().max()) for b in batches)

@@ -4,10 +4,17 @@ size, the two forms timed interleaved (core.measure.compare_latency) and cached;
 `skip_slower`, which leaves whole every layer whose decomposed form is not faster.
 
 The decomposed form is timed as a stand-in with the planned shapes and random weights, so no
-decomposition has to be computed to know whether it would pay off."""
+decomposition has to be computed to know whether it would pay off.
+
+`LatencyTable` is the per-layer time table of `[target] latency` and of the prune plan's
+per-layer times: every Conv2d and Linear timed alone at the channel counts a plan gives it
+(grid points measured once and interpolated between; exact shapes on request)."""
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -73,18 +80,225 @@ class LayerTimer:
         return self._cache[key]
 
 
-def skip_slower(decomposer, layers: list) -> None:
-    """Fill `time_ms` of every planned layer and leave whole (skipped, costs unchanged) each one
-    whose decomposed form is not faster, at the decomposer's `timing` (device, batch size)."""
+def time_decomposed(decomposer, layers: list) -> None:
+    """Fill `time_ms` (before, after) of every planned, not skipped layer at the decomposer's
+    `timing` (device, batch size)."""
     device, batch = decomposer.timing
     timer = getattr(decomposer, "_layer_timer", None)
     if timer is None or (timer.device, timer.batch) != (device, batch):
         timer = decomposer._layer_timer = LayerTimer(decomposer.model, decomposer.input_shape, device, batch)
     for layer in layers:
+        if layer.skipped is None:
+            layer.time_ms = timer.times(layer.name, layer.method, layer.ranks)
+
+
+def skip_slower(decomposer, layers: list) -> None:
+    """Fill `time_ms` of every planned layer and leave whole (skipped, costs unchanged) each one
+    whose decomposed form is not faster, at the decomposer's `timing` (device, batch size)."""
+    device, batch = decomposer.timing
+    time_decomposed(decomposer, layers)
+    for layer in layers:
         if layer.skipped is not None:
             continue
-        layer.time_ms = timer.times(layer.name, layer.method, layer.ranks)
         before, after = layer.time_ms
         if after >= before:
             layer.skipped = f"not faster: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})"
             layer.params, layer.flops = (layer.params[0],) * 2, (layer.flops[0],) * 2
+
+
+# ---------------------------------------------------------------- the per-layer time table (budgets)
+
+# channel counts timed for the table; a count between two of them is interpolated (bilinear in
+# input and output channels), so a budget's bisection needs only a few measured points per shape
+GRID = sorted({1, 2, 3} | {int(b * 2 ** k) for k in range(14) for b in (1, 1.5)})
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A Conv2d or Linear apart from its channel counts: what its time depends on besides them."""
+
+    kind: str                    # "conv", "depthwise" (channels = groups) or "linear"
+    size: tuple[int, ...]        # the per-image input shape without channels (H, W; a Linear's leading dims)
+    kernel: tuple[int, ...] = ()
+    stride: tuple[int, ...] = ()
+    padding: tuple | str = ()
+    dilation: tuple[int, ...] = ()
+
+    def module(self, cin: int, cout: int) -> nn.Module:
+        if self.kind == "linear":
+            return nn.Linear(cin, cout, bias=False)
+        return nn.Conv2d(cin, cout, self.kernel, self.stride, self.padding, self.dilation, bias=False,
+                         groups=cin if self.kind == "depthwise" else 1)
+
+    def input_shape(self, cin: int) -> tuple[int, ...]:
+        return (*self.size, cin) if self.kind == "linear" else (cin, *self.size)
+
+    def pointwise(self, after: bool = False) -> Spec:
+        """A 1x1 conv on this conv's input (or, `after`, its output) positions; for a Linear, a Linear."""
+        if self.kind == "linear":
+            return self
+        return Spec("conv", self.out_size() if after else self.size, (1, 1), (1, 1), (0, 0), (1, 1))
+
+    def out_size(self) -> tuple[int, ...]:
+        if self.padding == "same":
+            return self.size
+        pad = (0, 0) if self.padding == "valid" else self.padding
+        return tuple((n + 2 * p - d * (k - 1) - 1) // s + 1
+                     for n, p, d, k, s in zip(self.size, pad, self.dilation, self.kernel, self.stride))
+
+
+def spec_of(module: nn.Module, shape: tuple[int, ...]) -> tuple[Spec, int, int] | None:
+    """(spec, input channels, output channels) of a Conv2d or Linear run on per-image `shape`; None
+    for a grouped conv that is not depthwise (never pruned nor decomposed: its time stays)."""
+    if isinstance(module, nn.Linear):
+        return Spec("linear", tuple(shape[:-1])), module.in_features, module.out_features
+    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    if module.groups > 1 and not depthwise:
+        return None
+    return (Spec("depthwise" if depthwise else "conv", tuple(shape[1:]), module.kernel_size, module.stride,
+                 module.padding, module.dilation), module.in_channels, module.out_channels)
+
+
+def _around(c: int) -> tuple[int, int]:
+    """The grid counts either side of `c` (both `c` when it is on the grid or above it)."""
+    if c in GRID or c > GRID[-1]:
+        return c, c
+    high = bisect.bisect(GRID, c)
+    return GRID[high - 1], GRID[high]
+
+
+class LatencyTable:
+    """Per-layer forward times of one model at one device and batch size: every Conv2d and Linear
+    timed alone on its real input shape (forward hooks, once), at the channel counts a plan gives
+    it, and the whole model once. Measured points are cached; counts between grid points are
+    interpolated, so a budget's bisection re-plans at the cost of arithmetic.
+
+    A plan's predicted time is the model's measured time scaled by the sum of its layers' times
+    (changed layers at their new shapes) over the sum at full shapes; the time spent outside
+    convs and linears (norms, activations, additions) counts as unchanged."""
+
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
+        self.model, self.input_shape, self.device, self.batch = model, tuple(input_shape), device, batch
+        modules = dict(model.named_modules())
+        self.layers = {name: spec for name, shape in input_shapes(model, input_shape).items()
+                       if (spec := spec_of(modules[name], shape)) is not None}
+        self._points: dict[tuple, float] = {}
+        self._model_ms: float | None = None
+        self._full_ms: float | None = None
+
+    def model_ms(self) -> float:
+        """The whole model's forward time (ms), measured once."""
+        if self._model_ms is None:
+            self._model_ms = compare_latency({"model": self.model}, self.input_shape, (self.batch,), self.device,
+                                             repeats=REPEATS)["model"][0].median_ms
+        return self._model_ms
+
+    def measure(self, points: list[tuple[Spec, int, int]]) -> None:
+        """Time the points (spec, input channels, output channels) not yet in the table."""
+        todo = list(dict.fromkeys(p for p in points if p not in self._points))
+        if not todo:
+            return
+        for spec, cin, cout in todo:  # one call each: the points differ in their input shape
+            measured = compare_latency({"m": spec.module(cin, cout)}, spec.input_shape(cin), (self.batch,),
+                                       self.device, repeats=REPEATS, block_s=BLOCK_S)
+            self._points[spec, cin, cout] = measured["m"][0].median_ms
+
+    def ms(self, spec: Spec, cin: int, cout: int, exact: bool = False) -> float:
+        """Forward time of a `spec` layer with these channels: measured (`exact`, or on the grid), else
+        interpolated between the grid points around it."""
+        if spec.kind == "depthwise":
+            cout = cin
+        if exact:
+            self.measure([(spec, cin, cout)])
+            return self._points[spec, cin, cout]
+        (i0, i1), (o0, o1) = _around(cin), _around(cout)
+        if spec.kind == "depthwise":
+            o0, o1 = i0, i1
+            corners = [(spec, i0, i0), (spec, i1, i1)]
+        else:
+            corners = [(spec, a, b) for a in (i0, i1) for b in (o0, o1)]
+        self.measure(corners)
+        u = (cin - i0) / (i1 - i0) if i1 > i0 else 0.0
+        v = (cout - o0) / (o1 - o0) if o1 > o0 else 0.0
+        t = self._points
+        if spec.kind == "depthwise":
+            return t[spec, i0, i0] * (1 - u) + t[spec, i1, i1] * u
+        return (t[spec, i0, o0] * (1 - u) * (1 - v) + t[spec, i0, o1] * (1 - u) * v
+                + t[spec, i1, o0] * u * (1 - v) + t[spec, i1, o1] * u * v)
+
+    def layer_ms(self, name: str, cin: int | None = None, cout: int | None = None, exact: bool = False) -> float:
+        """Layer `name`'s time with `cin`/`cout` channels (default: its own)."""
+        spec, full_in, full_out = self.layers[name]
+        return self.ms(spec, full_in if cin is None else cin, full_out if cout is None else cout, exact)
+
+    def decomposed_ms(self, name: str, method: str, ranks: tuple[int, ...]) -> float:
+        """Layer `name`'s time decomposed by `method` at `ranks`: the sum of the layers it becomes
+        (1x1 conv, core conv, 1x1 conv; for an SVD, two linears)."""
+        spec, cin, cout = self.layers[name]
+        if method == "svd":
+            return self.ms(spec, cin, ranks[0]) + self.ms(spec, ranks[0], cout)
+        r_out, r_in = ranks if method == "tucker2" else (ranks[0], ranks[0])
+        core = spec if method == "tucker2" else Spec("depthwise", *dataclasses.astuple(spec)[1:])
+        return (self.ms(spec.pointwise(), cin, r_in) + self.ms(core, r_in, r_out)
+                + self.ms(spec.pointwise(after=True), r_out, cout))
+
+    def predicted_ms(self, changed: dict[str, float]) -> float:
+        """The model's time with the layers in `changed` taking the time given there (ms)."""
+        if self._full_ms is None:
+            self._full_ms = sum(self.layer_ms(name) for name in self.layers)
+        layers = self._full_ms + sum(after - self.layer_ms(name) for name, after in changed.items())
+        rest = max(self.model_ms() - self._full_ms, 0.0)
+        return self.model_ms() * (rest + max(layers, 0.0)) / (rest + self._full_ms)
+
+
+def table_for(owner, model: nn.Module, input_shape: tuple[int, ...]) -> LatencyTable:
+    """The latency table of a planner or decomposer at its `timing` (device, batch size), built once."""
+    device, batch = owner.timing
+    table = getattr(owner, "_latency_table", None)
+    if table is None or (table.device, table.batch) != (device, batch):
+        table = owner._latency_table = LatencyTable(model, input_shape, device, batch)
+    return table
+
+
+def pruned_times(planner, plan, exact: bool = False) -> dict[str, tuple[float, float]]:
+    """(before, after) ms of every Conv2d and Linear whose shape the prune plan changes (its own
+    outputs, or its inputs from the layer before), at the planner's `timing`; `exact` measures
+    each new shape, else it comes from the table's grid."""
+    table = table_for(planner, planner.model, planner.input_shape)
+    names = {id(m): n for n, m in planner.model.named_modules()}
+    out = {}
+    for module, cout, cin in planner.cost.resized({layer.name: layer.keep for layer in plan.layers}):
+        name = names[id(module)]
+        if name not in table.layers or (cin, cout) == table.layers[name][1:]:
+            continue
+        out[name] = (table.layer_ms(name, exact=exact), table.layer_ms(name, cin, cout, exact))
+    return out
+
+
+def time_prune_plan(planner, plan) -> None:
+    """Fill each planned layer's `time_ms` (its conv before and after, each shape measured) and the
+    plan's `latency_ms` (the model's measured time, and the time the table predicts after pruning)."""
+    table = table_for(planner, planner.model, planner.input_shape)
+    changed = pruned_times(planner, plan, exact=True)
+    for layer in plan.layers:
+        if layer.name in table.layers:
+            layer.time_ms = changed.get(layer.name) or (table.layer_ms(layer.name, exact=True),) * 2
+    plan.latency_ms = (table.model_ms(), table.predicted_ms({n: after for n, (_, after) in changed.items()}))
+    plan.timing = planner.timing
+
+
+def prune_latency(planner, plan) -> float:
+    """The pruned model's time (ms) predicted from the table (grid points, interpolated)."""
+    table = table_for(planner, planner.model, planner.input_shape)
+    return table.predicted_ms({n: after for n, (_, after) in pruned_times(planner, plan).items()})
+
+
+def decompose_latency(decomposer, plan, skip_slower: bool = False) -> float:
+    """The decomposed model's time (ms) predicted from the table; with `skip_slower` a layer whose
+    decomposed form the table says is not faster counts as left whole."""
+    table = table_for(decomposer, decomposer.model, decomposer.input_shape)
+    changed = {}
+    for layer in plan.decomposed:
+        after = table.decomposed_ms(layer.name, layer.method, layer.ranks)
+        changed[layer.name] = min(after, table.layer_ms(layer.name)) if skip_slower else after
+    return table.predicted_ms(changed)

@@ -12,15 +12,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from core.errors import WorkbenchError
-from core.models.zoo import Arch, is_cifar_family
+from core.models.arch import Arch
+from core.models.family import family_of
 
 
 def default_input_shape(arch: Arch) -> tuple[int, int, int]:
-    """(C, H, W) the model expects: 8x8 for the demo, 32x32 for CIFAR families, else 224x224."""
-    if arch.model == "demo" or (arch.model == "resnet20" and arch.in_channels == 1):
-        return (1, 8, 8)
-    size = 32 if is_cifar_family(arch.model) else 224
-    return (arch.in_channels, size, size)
+    """(C, H, W) the model expects, as its family says: 8x8 for the demo, 32x32 for CIFAR
+    families, else 224x224."""
+    return family_of(arch).input_shape(arch)
 
 
 def count_params(model: nn.Module) -> int:

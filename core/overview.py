@@ -13,7 +13,7 @@ from core.data import DataSplits, load_data, make_loader
 from core.errors import WorkbenchError
 from core.measure import Latency, compare_latency, count_flops, count_params, default_input_shape, evaluate
 from core.models.checkpoint import Loaded, load_model
-from core.stats import NetworkStats, network_stats
+from core.stats import NetworkStats, network_stats, with_tests
 from core.target import Target, parse_input_size  # noqa: F401  (re-exported: what to open)
 
 
@@ -91,13 +91,22 @@ class Overview:
 
 
 def gather(opened: Opened, latency: bool = True, progress: Callable[[int, int, str], None] | None = None,
-           device: str = "cpu", batch_sizes: tuple[int, ...] = (1,)) -> Overview:
+           device: str = "cpu", batch_sizes: tuple[int, ...] = (1,),
+           stats_ready: Callable[[NetworkStats], None] | None = None) -> Overview:
     """Statistics of every conv layer, then costs (latency on `device` at `batch_sizes`) and test
     accuracy; `progress(done, total, what)` is called as each step finishes (the layers count as one
-    step each)."""
+    step each). With `stats_ready`, it is called with the statistics as soon as they exist (before
+    scipy's normality tests, see `with_tests`), then again with the tests: one more step."""
     report = progress or (lambda done, total, what: None)
-    stats = network_stats(opened.model, progress=lambda i, n, name: report(i, n + 2, name))
-    total = len(stats.layers) + 2
+    extra = 3 if stats_ready else 2
+    stats = network_stats(opened.model, progress=lambda i, n, name: report(i, n + extra, name),
+                          tests=stats_ready is None)
+    total = len(stats.layers) + extra
+    if stats_ready is not None:
+        stats_ready(stats)
+        report(total - 3, total, "normality tests (Shapiro-Wilk, Jarque-Bera)")
+        stats = with_tests(stats, opened.model)
+        stats_ready(stats)
     report(total - 2, total, "costs (params, FLOPs, latency)")
     costs = measure_costs(opened, latency, device, batch_sizes)
     report(total - 1, total, "test accuracy")

@@ -20,22 +20,23 @@ import torch.distributed as dist
 from pydantic import ValidationError
 
 from core.atomic import atomic_path, write_json
+from core.report import markdown
 from core.errors import WorkbenchError
+from core.finetune.events import Done, RunEvent, Steps
 from core.finetune.rundir import (
-    BASELINE_CHECKPOINT, CHECKPOINT, SESSION, STATUS, RunWriter, check_out_folder, check_owner, is_alive, read_status,
-    set_aside,
+    BASELINE_CHECKPOINT, CHECKPOINT, REPORT, REPORT_MD, SESSION, STATUS, RunWriter, check_out_folder, check_owner,
+    is_alive, model_file, read_status, set_aside,
 )
-from core.finetune.segments import resolve_pivots
 from core.finetune.trainer import Placement, Stopped, Trainer, check_amp, load_checkpoint
 from core.models.checkpoint import Loaded, load_model, save_model
 from core.models.zoo import is_cifar_family
 from core.data import make_loader
-from core.budget import solve_decompose, solve_prune
-from core.measure import count_flops, count_params, evaluate, latency_entries, parse_device
+from core.chain import check, check_pivots, compress
+from core.measure import evaluate, latency_entries, parse_device
 from core.overview import Opened, measure_costs, open_target
-from core.decompose.plan import DecomposePlan, Decomposer, apply_decomposition
-from core.prune.plan import PrunePlan, Planner
-from core.prune.surgery import apply_pruning, save_reference_format
+from core.decompose.plan import DecomposePlan
+from core.prune.plan import PrunePlan
+from core.prune.surgery import save_reference_format
 from core.tracking import Tracker
 from core.threads import configure_threads
 from core.session import (DataSection, MeasureSection, Session, dump_session, first_error, load_session,
@@ -43,7 +44,7 @@ from core.session import (DataSection, MeasureSection, Session, dump_session, fi
 from core.stats import conv_layers
 
 Progress = Callable[[str], None]
-Events = Callable[[dict], None]
+Events = Callable[[RunEvent], None]
 
 
 @dataclass
@@ -120,7 +121,8 @@ def _attach_latency(report: dict, models: dict, input_shape: tuple, settings: Me
 
 def plan_layers(plan: PrunePlan) -> list[dict]:
     return [{"name": layer.name, "channels_before": layer.channels, "channels_after": layer.keep,
-             "statistic": layer.statistic, "ratio": layer.ratio, "achieved": layer.achieved, "source": layer.source}
+             "statistic": layer.statistic, "ratio": layer.ratio, "achieved": layer.achieved, "source": layer.source,
+             "time_ms": list(layer.time_ms) if layer.time_ms else None, "slower": layer.slower}
             for layer in plan.layers]
 
 
@@ -135,68 +137,35 @@ def run_session(session: Session, latency: bool = True, progress: Progress | Non
                 opened: Opened | None = None, measure: bool = True) -> Run:
     """Run every compression step the session names (paths already resolved) on `opened` (by
     default the session's model, opened here), measuring each (unless not `measure`: then
-    `measure_run` does it later); nothing is written here."""
+    `measure_run` does it later); nothing is written here. Every step is planned (core.chain)
+    before anything is measured, so a bad layer name fails first."""
     say = progress or (lambda what: None)
     if opened is None:
         say("opening the model")
         opened = open_target(session.target())
-    prune_plan = solved = None
-    if session.prune is not None:  # plan first: a bad layer name fails before any measuring
-        say("planning the pruning")
-        p = session.prune
-        planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, coupled=p.coupled,
-                          ignore=p.ignore, dataset=opened.data.name if opened.data else None)
-        if session.budget is not None and session.decompose is None:  # the budget solves the pruning's knob
-            say("solving the pruning for [target]")
-            p, solved = solve_prune(planner, p, session.budget)
-        prune_plan = planner.plan(p)
+    chain = compress(session, opened, say)
     say("measuring the baseline")
     convs = [{"name": n, "channels_before": m.out_channels, "channels_after": m.out_channels, "statistic": None,
               "ratio": 0.0} for n, m in conv_layers(opened.model)]
     steps = [measure_step("baseline", opened, False, convs, measure)]  # latency: all steps at once, below
-    models = {}
-    current = opened
-    if prune_plan is not None:
-        say("pruning")
-        model, arch = apply_pruning(opened.model, opened.loaded.arch, prune_plan.keep(), opened.input_shape)
-        current = Opened(Loaded(model, arch, "pruned", []), opened.data, opened.input_shape)
-        say("measuring the pruned model")
-        steps.append(measure_step("pruned", current, False, plan_layers(prune_plan), measure))
-        steps[-1]["predicted"] = {"params": prune_plan.params[1], "flops": prune_plan.flops[1]}
-        models["pruned"] = (model, arch)
-    if session.decompose is not None:
-        say("decomposing (planning ranks, reconstruction errors)")
-        decomposer = Decomposer(current.model, current.loaded.arch, current.input_shape)
-        if session.measure is not None:  # skip_slower times layers where the model will run
-            decomposer.timing = (session.measure.device, session.measure.batch_sizes[0])
-        settings = session.decompose
-        if session.budget is not None:  # the budget (of the network as opened) solves x
-            say("solving x for [target]")
-            settings, solved = solve_decompose(decomposer, settings, session.budget, (
-                count_params(opened.model), count_flops(opened.model, opened.input_shape)))
-        plan = decomposer.plan(settings, errors=True)
-        model, arch = apply_decomposition(current.model, current.loaded.arch, plan, decomposer)
-        current = Opened(Loaded(model, arch, "decomposed", []), opened.data, opened.input_shape)
-        say("measuring the decomposed model")
-        steps.append(measure_step("decomposed", current, False, decomposition_layers(plan), measure))
-        steps[-1]["predicted"] = {"params": plan.params[1], "flops": plan.flops[1]}
-        models["decomposed"] = (model, arch)
+    for step in chain.steps:
+        say(f"measuring the {step.name} model")
+        layers = plan_layers(step.plan) if isinstance(step.plan, PrunePlan) else decomposition_layers(step.plan)
+        steps.append(measure_step(step.name, step.opened, False, layers, measure))
+        steps[-1]["predicted"] = {"params": step.plan.params[1], "flops": step.plan.flops[1]}
     report = {"session": session.model_dump(mode="json", exclude_none=True), "steps": steps}
-    if solved is not None:
-        report["target"] = solved.as_dict()
+    if chain.solved is not None:
+        report["target"] = chain.solved.as_dict()
     if measure and latency:
         say("measuring latency (every step, interleaved)")
-        _attach_latency(report, {"baseline": opened.model, **{name: model for name, (model, _) in models.items()}},
+        _attach_latency(report, {"baseline": opened.model, **{n: m for n, (m, _) in chain.models.items()}},
                         opened.input_shape, session.measure)
+        if chain.solved is not None and chain.solved.metric == "latency":  # beside the table's prediction
+            report["target"]["measured"] = steps[-1]["latency_ms"] / steps[0]["latency_ms"]
     if opened.data is not None:  # what the images were normalised with and how validation was held out
         report["data"] = {"name": opened.data.name, "normalization": opened.data.normalization,
                           "split": opened.data.split}
-    return Run(report, models, opened, current, session.measure)
-
-
-def model_file(step: str) -> str:
-    """File stem of a step's model: `pruned`, `finetune-2-ce`, ..."""
-    return step.replace(":", "-")
+    return Run(report, chain.models, opened, chain.compressed, session.measure)
 
 
 def save_step_model(out: Path, name: str, model, arch) -> None:
@@ -206,39 +175,10 @@ def save_step_model(out: Path, name: str, model, arch) -> None:
         save_reference_format(model, arch, out / f"{model_file(name)}.pth.tar")
 
 
-def report_markdown(report: dict) -> str:
-    """report.md: the steps as a table (params, FLOPs, accuracy, latency) and the ratios."""
-    steps = report["steps"]
-    base = steps[0]
-    where = [(m["device"], m["batch"]) for m in base.get("latency") or []] or [("cpu", 1)]
-    rows = ["| step | params | FLOPs | test accuracy | " + " | ".join(f"latency ms ({d}, batch {b})" for d, b in where)
-            + " | params ÷ | FLOPs ÷ |", "|---|---:|---:|---:|" + "---:|" * len(where) + "---:|---:|"]
-    for step in steps:
-        acc = f"{100 * step['accuracy']:.2f}%" if step.get("accuracy") is not None else "-"
-        measured = [f"{m['median_ms']:.3f}" for m in step.get("latency") or []]
-        if not measured and step.get("latency_ms") is not None:
-            measured = [f"{step['latency_ms']:.3f}"]
-        ms = " | ".join((measured + ["-"] * len(where))[:len(where)])
-        rows.append(f"| {step['name']} | {step['params']:,} | {step['flops']:,} | {acc} | {ms} | "
-                    f"{base['params'] / step['params']:.2f} | {base['flops'] / step['flops']:.2f} |")
-    tuned = [s for s in steps if s["name"].startswith("finetune:")]
-    notes = [f"- {s['name']}: {s['epochs']} epochs, best validation {100 * s['best_val']:.2f}% at epoch "
-             f"{s['best_epoch']}" for s in tuned if s.get("best_val") is not None]
-    if tuned and report.get("device"):
-        notes.append(f"- trained on {report['device']}")
-    if report.get("target"):
-        t = report["target"]
-        notes.append(f"- [target] {t['metric']} = {t['target']} of the baseline: solved {t['knob']} = "
-                     f"{t['value']:.6g}, achieved {t['achieved']:.4f}")
-    if report.get("latency_warning"):
-        notes.append(f"- warning: {report['latency_warning']}")
-    return "# Replay report\n\n" + "\n".join(rows) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
-
-
 def write_report(out: Path, report: dict) -> None:
-    with atomic_path(out / "report.md") as tmp:
-        tmp.write_text(report_markdown(report))
-    write_json(out / "report.json", report)
+    with atomic_path(out / REPORT_MD) as tmp:
+        tmp.write_text(markdown(report))
+    write_json(out / REPORT, report)
 
 
 def _check_out(out: Path, session: Session, resume: bool | str, restart: bool, force: bool) -> bool:
@@ -381,12 +321,12 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
     train = session.train is not None and session.model.checkpoint is None
     if train:  # bad layer names or pivots fail now, not after training the baseline
         say("checking the compression steps on the untrained model")
-        _check_pivots(session, *_compress_structure(session, opened))
+        check(session, opened)
     writer = None
     log = session.log
     tracker = Tracker(out, tensorboard or bool(log and log.tensorboard), csv or bool(log and log.csv))
 
-    def emit(event: dict) -> None:
+    def emit(event: RunEvent) -> None:
         if writer is not None:
             writer.event(event)
             tracker(event)
@@ -400,7 +340,7 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
         if train:
             writer = agree(place, claim, share=False)
             if place.main:
-                save_session(session, out / "session.toml")
+                save_session(session, out / SESSION)
             opened = _train_baseline(opened, session.train, out, resume, place, emit, say)
         run = run_session(session, latency, progress, opened, measure=place.world == 1)
         if place.world > 1 and place.main:  # measured once, by rank 0, on its device, the others waiting
@@ -408,21 +348,21 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
             with measuring(place):
                 measure_run(run, latency, place.device)
         run.report["device"] = place.name
-        _check_pivots(session, run.compressed.model, run.compressed.loaded.arch)
+        check_pivots(session, run.compressed)
         if not train:  # the compression is computed and valid: take the folder, then write it
             writer = agree(place, claim, share=False)
         if place.main:
             say(f"writing {out}")
-            save_session(session, out / "session.toml")
+            save_session(session, out / SESSION)
             for name, (model, arch) in run.models.items():
                 save_step_model(out, name, model, arch)
-            emit({"event": "steps", "steps": run.report["steps"]})
+            emit(Steps(steps=run.report["steps"]))
         if session.finetune:
             resumed = load_checkpoint(out / CHECKPOINT) if resume and (out / CHECKPOINT).exists() else None
             _finetune(run, session, out, latency, resumed, place, emit, say)
         if writer is not None:
             write_report(out, run.report)
-            emit({"event": "done"})
+            emit(Done())
             writer.close("done")
     except Stopped as exc:
         if writer is not None:
@@ -435,30 +375,6 @@ def replay(path: Path, out: Path, latency: bool = True, progress: Progress | Non
     finally:
         tracker.close()
     return run
-
-
-def _compress_structure(session: Session, opened: Opened):
-    """The compressed (model, arch) the session asks for, without measuring anything."""
-    model, arch, shape = opened.model, opened.loaded.arch, opened.input_shape
-    if session.prune is not None:
-        p = session.prune
-        plan = Planner(model, arch, shape, coupled=p.coupled, ignore=p.ignore,
-                       dataset=opened.data.name if opened.data else None).plan(p)
-        model, arch = apply_pruning(model, arch, plan.keep(), shape)
-    if session.decompose is not None:
-        decomposer = Decomposer(model, arch, shape)
-        model, arch = apply_decomposition(model, arch, decomposer.plan(session.decompose), decomposer)
-    return model, arch
-
-
-def _check_pivots(session: Session, model, arch) -> None:
-    """Resolve every aux stage's pivots on the model it will train (one line if they do not fit)."""
-    for index, stage in enumerate(session.finetune):
-        if stage.mode == "aux":
-            try:
-                resolve_pivots(model, arch, stage)
-            except WorkbenchError as exc:
-                raise WorkbenchError(f"finetune.{index}: {exc}") from None
 
 
 def _train_baseline(opened: Opened, stage, out: Path, resume: bool, place: Placement, emit: Events,
@@ -508,7 +424,7 @@ def _finetune(run: Run, session: Session, out: Path, latency: bool, resumed: dic
                 "layers": [], **result}
         save_step_model(out, f"finetune-{index + 1}-{result['mode']}", model.cpu(), arch)
         model.to(place.device)
-        emit({"event": "steps", "steps": [*steps, *trainer.state.completed, step]})
+        emit(Steps(steps=[*steps, *trainer.state.completed, step]))
         return step
 
     steps.extend(trainer.run(resumed, stage_end))

@@ -2,35 +2,43 @@
 
 A session names the model (and checkpoint), optionally the data, and the pruning choices
 with per-layer overrides; `workbench replay` runs it headless and the TUI saves it. Paths
-are stored as written and resolved relative to the session file's folder.
+are stored as written and resolved relative to the session file's folder. Each step's table
+is its domain's (core.prune.settings, core.decompose.settings, core.finetune.settings);
+the session composes them.
 """
 
 from __future__ import annotations
 
 import math
-import tomllib
 from pathlib import Path
 from typing import Literal, Optional, Union
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+import tomllib
+from pydantic import (
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from core.atomic import atomic_path
-from core.data_spec import split_spec
+from core.data.spec import split_spec
+from core.decompose.settings import DecomposeSection, LayerRanks
 from core.errors import WorkbenchError
 from core.finetune.settings import FinetuneStage, step4_after_decomposition
 from core.models.names import check_model_name, is_factory
-from core.prune import METRICS
+from core.prune.settings import LayerChoice, PruneSection
+from core.section import Section
 from core.target import Target, parse_input_size
+
+__all__ = ["DataSection", "DecomposeSection", "LayerChoice", "LayerRanks", "LogSection", "MeasureSection",
+           "ModelSection", "PruneSection", "Section", "Session", "TargetSection", "dump_session", "first_error",
+           "load_session", "measure_override", "parse_session", "runs_code", "save_session"]
 
 VERSION = 1
 MAX_BYTES = 1 << 20  # a session is a few KB of TOML
-
-
-class Section(BaseModel):
-    """Unknown keys and wrong types are errors, not silently coerced."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ModelSection(Section):
@@ -86,91 +94,6 @@ class DataSection(Section):
         return (tuple(n.mean), tuple(n.std)) if isinstance(n, NormalizeValues) else n, self.split
 
 
-class LayerChoice(Section):
-    """A per-layer override: a prune ratio or a keep count (not both)."""
-
-    ratio: Optional[float] = Field(None, ge=0, lt=1)
-    keep: Optional[int] = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _one(self):
-        if (self.ratio is None) == (self.keep is None):
-            raise ValueError("give exactly one of ratio or keep")
-        return self
-
-
-class PruneSection(Section):
-    """Step 1 of METHOD.md. Unset constants take the reference script's row for the model on the
-    session's data set (core.prune.strategies.REFERENCE_ROWS); without one Tmin/Tmax are the
-    network's range of T, coef and the P2/P3 smoothing the family's."""
-
-    strategy: Literal["P1", "P2", "P3", "P4", "P5", "manual", "torch-pruning"] = "P1"
-    metric: Literal[METRICS] = "k34"  # type: ignore[valid-type]
-    tmin: Optional[float] = None
-    tmax: Optional[float] = None
-    coef: Optional[float] = Field(None, gt=0)
-    p2_divisor: Optional[float] = Field(None, gt=0)    # P2: T = 1 - log10(jb) / p2_divisor
-    p2_factor: Optional[float] = Field(None, gt=0)     # P2: eq. 9 takes p2_factor * T
-    p3_scale: Optional[float] = Field(None, gt=0)      # P3: T = log10(p3_scale |k3 k4|) / p3_divisor
-    p3_divisor: Optional[float] = Field(None, gt=0)
-    percent: float = Field(0.32, ge=0, lt=1)
-    variant: Optional[str] = None
-    stage_bounds: Optional[list[int]] = None
-    stage_ratios: Optional[list[float]] = None
-    skip: list[int] = []
-    ignore: list[str] = []
-    coupled: bool = False
-    multiple_of: int = Field(1, ge=1)
-    seed: int = 0
-    layers: dict[str, LayerChoice] = {}
-    importance: Optional[Literal["magnitude", "group-norm"]] = None  # torch-pruning: its importance (group-norm)
-    flops: Optional[float] = Field(None, gt=0, lt=1)   # torch-pruning: FLOPs to keep, a fraction of the baseline's
-    flops_of: Optional[str] = None                     # torch-pruning: or those another session's [prune] keeps
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.strategy == "torch-pruning" and ((self.flops is None) == (self.flops_of is None) or self.layers):
-            raise ValueError("strategy \"torch-pruning\" needs one of flops (the fraction of the baseline FLOPs to "
-                             "keep) or flops_of (a session file whose pruning it matches), and no per-layer overrides")
-        if self.tmin is not None and self.tmax is not None and self.tmax <= self.tmin:
-            raise ValueError(f"tmax ({self.tmax}) must be above tmin ({self.tmin})")
-        if self.stage_ratios is not None:
-            if any(not 0 <= r < 1 for r in self.stage_ratios):
-                raise ValueError("stage_ratios must each be in [0, 1)")
-            if len(self.stage_ratios) != len(self.stage_bounds or []) + 1:
-                raise ValueError("stage_ratios needs one ratio per stage: len(stage_bounds) + 1")
-        if self.strategy == "P5" and self.variant is None and self.stage_ratios is None:
-            raise ValueError("P5 needs variant (A/B/C) or stage_bounds + stage_ratios")
-        return self
-
-
-class LayerRanks(Section):
-    """Explicit ranks of one layer: (r_out, r_in) for Tucker-2, rank for CP3 and SVD."""
-
-    r_out: Optional[int] = Field(None, ge=1)
-    r_in: Optional[int] = Field(None, ge=1)
-    rank: Optional[int] = Field(None, ge=1)
-
-    @model_validator(mode="after")
-    def _shape(self):
-        if (self.r_out is None) != (self.r_in is None) or (self.rank is None) == (self.r_out is None):
-            raise ValueError("give r_out and r_in (tucker2), or rank (cp3, linear SVD)")
-        return self
-
-
-class DecomposeSection(Section):
-    """Step 2 of METHOD.md: which layers, which method, which ranks."""
-
-    method: Literal["tucker2", "cp3"] = "tucker2"
-    x: float = Field(1.71, gt=1)                       # compression factor per layer
-    rank_rule: Literal["x", "vbmf"] = "x"              # ranks from X, or VBMF estimation
-    layers: Optional[list[str]] = None                 # default: the architecture's usual layers
-    exclude: list[str] = []
-    linear: bool = False                               # also the Linear layers, by truncated SVD
-    ranks: dict[str, LayerRanks] = {}                  # per-layer explicit ranks
-    skip_slower: bool = False                          # leave whole each layer whose decomposed form is not faster
-
-
 class MeasureSection(Section):
     """Where latency is measured (core/measure.py): the device the model will run on and the batch sizes."""
 
@@ -187,16 +110,26 @@ class MeasureSection(Section):
 
 
 class TargetSection(Section):
-    """A budget (core/budget.py): FLOPs or parameters as a fraction of the baseline; the method's free
-    knob (P1-P3 coef, P4 percent, P5 stage-ratio scale, decomposition x) is solved to meet it."""
+    """A budget (core/budget.py): FLOPs, parameters or latency (at [measure]'s device and first batch
+    size) as a fraction of the baseline; the method's free knob (P1-P3 coef, P4 percent, P5
+    stage-ratio scale, decomposition x) is solved to meet it."""
 
-    flops: Optional[float] = Field(None, gt=0, lt=1)
-    params: Optional[float] = Field(None, gt=0, lt=1)
+    flops: Optional[float] = None
+    params: Optional[float] = None
+    latency: Optional[float] = None
+
+    @field_validator("flops", "params", "latency", mode="before")
+    @classmethod
+    def _fraction(cls, value):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not 0 < value < 1):
+            raise ValueError("give a fraction of the baseline between 0 and 1, e.g. 0.6")
+        return None if value is None else float(value)
 
     @model_validator(mode="after")
     def _one(self):
-        if (self.flops is None) == (self.params is None):
-            raise ValueError("give one of flops or params (a fraction of the baseline, e.g. flops = 0.5)")
+        if sum(v is not None for v in (self.flops, self.params, self.latency)) != 1:
+            raise ValueError("give one of flops, params or latency (a fraction of the baseline, e.g. flops = 0.5)")
         return self
 
 

@@ -5,17 +5,18 @@ m_r = mean((x - mean)^r); `std` is the population std (ddof=0, numpy's default);
 `kurt` are scipy.stats.skew / scipy.stats.kurtosis (biased, Fisher excess); `k3`, `k4` are
 scipy.stats.kstat's unbiased k-statistics. All filters of a layer are computed at once in
 float64 torch. Degenerate inputs give NaN plus a human note, never an exception or warning.
+scipy is imported only by the tests (Shapiro-Wilk, the JB p-value, the fitted normal), which
+`network_stats(..., tests=False)` leaves for `with_tests`: a table shows before scipy loads.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 import numpy as np
-import scipy.stats
 import torch
 from torch import nn
 
@@ -113,8 +114,19 @@ def _row_stats(x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, 
 def jarque_bera(n: int, skew: float, kurt: float) -> tuple[float, float]:
     """Jarque-Bera statistic and p-value (paper's P2 input, as scipy.stats.jarque_bera):
     jb = n/6 (skew^2 + kurt^2/4), p = chi2(2) survival of jb."""
-    jb = n / 6.0 * (skew * skew + kurt * kurt / 4.0)
-    return jb, float(scipy.stats.chi2.sf(jb, 2))
+    jb = jb_statistic(n, skew, kurt)
+    return jb, _jb_p(jb)
+
+
+def jb_statistic(n: int, skew: float, kurt: float) -> float:
+    """The Jarque-Bera statistic alone (no scipy): n/6 (skew^2 + kurt^2/4)."""
+    return n / 6.0 * (skew * skew + kurt * kurt / 4.0)
+
+
+def _jb_p(jb: float) -> float:
+    import scipy.stats
+
+    return float(scipy.stats.chi2.sf(jb, 2))
 
 
 def t_p1(shapiro_w: float) -> float:
@@ -142,12 +154,10 @@ class Histogram:
     normal: list[float]
 
 
-def _histogram(values: np.ndarray, bins: int, mean: float, std: float) -> Histogram:
+def _histogram(values: np.ndarray, bins: int, mean: float, std: float, fit: bool = True) -> Histogram:
     """Histogram of finite `values`; a range too narrow for `bins` distinct edges (e.g. all
     values equal) is widened to centre +- max(0.5, a few ulps per bin), as numpy does for zero.
-
-    The overlay is N * (cdf(e[i+1]) - cdf(e[i])); for std == 0 it is the point mass, i.e. the
-    counts themselves; with no values (or an overflowing std) it is all zeros.
+    The fitted normal (`_normal`) is left empty without `fit`.
     """
     lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 1.0)
     fmax = float(np.finfo(np.float64).max)
@@ -159,13 +169,24 @@ def _histogram(values: np.ndarray, bins: int, mean: float, std: float) -> Histog
         # explicit edges only where hi - lo overflows (values near the float64 limit)
         edges = bins if math.isfinite(hi - lo) else np.linspace(lo / 2, hi / 2, bins + 1) * 2
         counts, edges = np.histogram(values, bins=edges, range=(lo, hi))
+    hist = Histogram(edges.tolist(), counts.tolist(), [])
+    return _normal(hist, values.size, mean, std) if fit else hist
+
+
+def _normal(hist: Histogram, n: int, mean: float, std: float) -> Histogram:
+    """`hist` with the overlay of N(mean, std) fitted to its `n` values: n * (cdf(e[i+1]) -
+    cdf(e[i])); for std == 0 the point mass, i.e. the counts themselves; with no values (or an
+    overflowing std) all zeros."""
+    import scipy.stats
+
+    with np.errstate(all="ignore"):
         if 0 < std < math.inf:
-            normal = values.size * np.diff(scipy.stats.norm.cdf(edges, loc=mean, scale=std))
-        elif std == 0 and values.size:
-            normal = counts.astype(np.float64)
+            normal = n * np.diff(scipy.stats.norm.cdf(np.asarray(hist.edges), loc=mean, scale=std))
+        elif std == 0 and n:
+            normal = np.asarray(hist.counts, dtype=np.float64)
         else:
-            normal = np.zeros(bins)
-    return Histogram(edges.tolist(), counts.tolist(), normal.tolist())
+            normal = np.zeros(len(hist.counts))
+    return Histogram(hist.edges, hist.counts, normal.tolist())
 
 
 def _json(value: float) -> float | None:
@@ -177,7 +198,8 @@ class LayerStats:
     """Statistics of one conv layer: per-filter FILTER_STATS, layer-wide moments over all its
     finite weights, Shapiro-Wilk and Jarque-Bera tests, the P1-P3 T values, histograms of the
     finite weights and of the defined per-filter k34, and notes on degenerate cases.
-    Undefined values (T values included) are NaN."""
+    Undefined values (T values included) are NaN. Until `tested` (see `with_tests`), the
+    Shapiro-Wilk W and p, the JB p-value and P1's T are NaN and the histograms have no normal."""
 
     name: str
     shape: tuple[int, ...]
@@ -201,6 +223,7 @@ class LayerStats:
     hist: Histogram
     k34_hist: Histogram
     notes: list[str]
+    tested: bool = True
 
     def summary(self) -> dict:
         """JSON-ready dict: identity, layer stats, tests, T values, the mean over (defined)
@@ -239,6 +262,8 @@ def _filter_notes(n: int, flat: torch.Tensor, bad: torch.Tensor | None, nonfinit
 
 def _shapiro(x: np.ndarray, identical: bool, notes: list[str]) -> tuple[float, float]:
     """Shapiro-Wilk W and p of `x` (scipy.stats.shapiro); NaN for < 3 values or zero range."""
+    import scipy.stats
+
     if x.size < 3:
         notes.append(f"Shapiro-Wilk undefined: {_plural(x.size, 'finite weight')} (needs >= 3)")
         return NAN, NAN
@@ -252,33 +277,67 @@ def _shapiro(x: np.ndarray, identical: bool, notes: list[str]) -> tuple[float, f
     return float(w), float(p)
 
 
-def layer_stats(name: str, weight: torch.Tensor, bins: int = 40) -> LayerStats:
-    """All statistics of one conv weight (out, in, kh, kw); never raises on odd values."""
+def _finite(weight: torch.Tensor) -> tuple[torch.Tensor, dict, torch.Tensor, torch.Tensor | None, np.ndarray]:
+    """`weight` as rows, their filter stats, constant and NaN/Inf masks, and its finite values."""
     rows = _rows(weight).cpu()
     filters, flat, bad = _row_stats(rows)
     finite = rows.reshape(-1) if bad is None else rows[torch.isfinite(rows)]
-    notes = _filter_notes(rows.shape[1], flat, bad, rows.numel() - finite.numel())
+    return rows, filters, flat, bad, finite.numpy()
 
-    layer, layer_flat, _ = _row_stats(finite.view(1, -1))
+
+def _k34(filters: dict) -> tuple[np.ndarray, tuple[float, float]]:
+    """The defined per-filter k34 and their (mean, std)."""
+    k34 = filters["k34"][torch.isfinite(filters["k34"])].numpy()
+    with np.errstate(all="ignore"):
+        return k34, ((float(np.mean(k34)), float(np.std(k34))) if k34.size else (NAN, NAN))
+
+
+def layer_stats(name: str, weight: torch.Tensor, bins: int = 40, tests: bool = True) -> LayerStats:
+    """All statistics of one conv weight (out, in, kh, kw); never raises on odd values. Without
+    `tests`, the scipy parts are left for `with_tests` (see LayerStats)."""
+    rows, filters, flat, bad, x = _finite(weight)
+    notes = _filter_notes(rows.shape[1], flat, bad, rows.numel() - x.size)
+
+    layer, layer_flat, _ = _row_stats(torch.from_numpy(x).view(1, -1))
     layer = {k: v.item() for k, v in layer.items()}
-    x = finite.numpy()
     identical = x.size >= 2 and bool(layer_flat)
     if identical:
         notes.append(f"all {x.size} weights identical: skew/kurt, Shapiro-Wilk and Jarque-Bera undefined")
-    shapiro_w, shapiro_p = _shapiro(x, identical, notes)
-    jb, jb_p = jarque_bera(x.size, layer["skew"], layer["kurt"])
-
-    k34 = filters["k34"][torch.isfinite(filters["k34"])].numpy()
-    with np.errstate(all="ignore"):
-        k34_fit = (float(np.mean(k34)), float(np.std(k34))) if k34.size else (NAN, NAN)
-    return LayerStats(
+    jb = jb_statistic(x.size, layer["skew"], layer["kurt"])
+    k34, k34_fit = _k34(filters)
+    stats = LayerStats(
         name=name, shape=tuple(weight.shape), n_filters=rows.shape[0], n_per_filter=rows.shape[1],
         filters=filters, **{k: layer[k] for k in LAYER_STATS},
-        shapiro_w=shapiro_w, shapiro_p=shapiro_p, jb=jb, jb_p=jb_p,
-        t_p1=t_p1(shapiro_w), t_p2=t_p2(jb), t_p3=t_p3(layer["k3"], layer["k4"]),
-        hist=_histogram(x, bins, layer["mean"], layer["std"]), k34_hist=_histogram(k34, bins, *k34_fit),
-        notes=notes,
+        shapiro_w=NAN, shapiro_p=NAN, jb=jb, jb_p=NAN,
+        t_p1=NAN, t_p2=t_p2(jb), t_p3=t_p3(layer["k3"], layer["k4"]),
+        hist=_histogram(x, bins, layer["mean"], layer["std"], fit=False),
+        k34_hist=_histogram(k34, bins, *k34_fit, fit=False), notes=notes, tested=False,
     )
+    return _tested(stats, x, identical, k34, k34_fit) if tests else stats
+
+
+def _tested(stats: LayerStats, x: np.ndarray, identical: bool, k34: np.ndarray,
+            k34_fit: tuple[float, float]) -> LayerStats:
+    notes = list(stats.notes)
+    shapiro_w, shapiro_p = _shapiro(x, identical, notes)
+    return replace(stats, shapiro_w=shapiro_w, shapiro_p=shapiro_p, jb_p=_jb_p(stats.jb), t_p1=t_p1(shapiro_w),
+                   hist=_normal(stats.hist, x.size, stats.mean, stats.std),
+                   k34_hist=_normal(stats.k34_hist, k34.size, *k34_fit), notes=notes, tested=True)
+
+
+def with_tests(stats: NetworkStats, model: nn.Module) -> NetworkStats:
+    """`stats` (of `model`, from `network_stats(..., tests=False)`) with the scipy parts added:
+    the same figures `network_stats(model)` gives."""
+    weights = dict(conv_layers(model))
+    layers = []
+    for layer in stats.layers:
+        if not layer.tested:
+            rows = _rows(weights[layer.name].weight).cpu()
+            x = rows[torch.isfinite(rows)].numpy()
+            identical = x.size >= 2 and bool(is_flat(*central_moments(torch.from_numpy(x).view(1, -1))[:2]))
+            layer = _tested(layer, x, identical, *_k34(layer.filters))
+        layers.append(layer)
+    return NetworkStats(layers, _t_range(layers))
 
 
 @dataclass
@@ -291,17 +350,22 @@ class NetworkStats:
 
 
 def network_stats(
-    model: nn.Module, bins: int = 40, progress: Callable[[int, int, str], None] | None = None
+    model: nn.Module, bins: int = 40, progress: Callable[[int, int, str], None] | None = None, tests: bool = True
 ) -> NetworkStats:
-    """LayerStats of every conv of `model`; calls progress(done, total, layer_name) after each."""
+    """LayerStats of every conv of `model`; calls progress(done, total, layer_name) after each.
+    Without `tests`, the scipy parts are left for `with_tests`."""
     convs = conv_layers(model)
     layers = []
     for i, (name, conv) in enumerate(convs, 1):
-        layers.append(layer_stats(name, conv.weight, bins))
+        layers.append(layer_stats(name, conv.weight, bins, tests))
         if progress is not None:
             progress(i, len(convs), name)
+    return NetworkStats(layers, _t_range(layers))
+
+
+def _t_range(layers: list[LayerStats]) -> dict[str, tuple[float, float]]:
     t_range = {}
     for key in ("P1", "P2", "P3"):
         ts = [t for t in (getattr(s, f"t_{key.lower()}") for s in layers) if math.isfinite(t)]
         t_range[key] = (min(ts), max(ts)) if ts else (NAN, NAN)
-    return NetworkStats(layers, t_range)
+    return t_range

@@ -19,49 +19,55 @@ from pathlib import Path
 
 from core.atomic import atomic_path
 from core.errors import WorkbenchError
+from core.finetune.events import (
+    ENDS,
+    Epoch,
+    Record,
+    RunEvent,
+    StageEnd,
+    Step,
+    as_event,
+    parse_all,
+)
 from core.finetune.rundir import read_events
 
 CSV_FILE = "metrics.csv"
-ROWS = ("step", "epoch", "stage_end")
+ROWS = (Step, Epoch, StageEnd)
 FIRST = ("event", "phase", "stage", "mode", "epoch", "step", "global_step", "loss")
 LAST = ("lr", "images_per_s", "eta_s", "val_acc", "best_val", "test_acc", "time")
-ENDS = ("stage_end", "done", "stopped", "failed")
 
 
-def _prefix(event: dict) -> str:
-    return f"{event.get('phase', 'finetune')}/stage{event.get('stage', 0) + 1}-{event.get('mode', '')}"
-
-
-def scalars(event: dict) -> tuple[int, dict[str, float]] | None:
-    """(x, {tag: value}) of one event for TensorBoard; None for events without scalars."""
-    kind, where = event.get("event"), _prefix(event)
-    values: dict[str, float | None] = {}
-    if kind == "step":
-        x = event.get("global_step") or event["epoch"] * event["steps_per_epoch"] + event["step"]
-        values = {f"{where}/train/loss": event.get("loss"), f"{where}/lr": event.get("lr"),
-                  f"{where}/images_per_s": event.get("images_per_s"),
-                  **{f"{where}/train/{k}": v for k, v in (event.get("losses") or {}).items()}}
-    elif kind == "epoch":
-        x = event["epoch"]
-        values = {f"{where}/epoch/loss": event.get("loss"), f"{where}/val_acc": event.get("val_acc"),
-                  f"{where}/best_val": event.get("best_val"),
-                  **{f"{where}/epoch/{k}": v for k, v in (event.get("losses") or {}).items()}}
-    elif kind == "stage_end":
-        x = event.get("epochs", 0)
-        values = {f"{where}/test_acc": event.get("test_acc")}
-    else:
+def scalars(event: RunEvent | Record) -> tuple[int, dict[str, float]] | None:
+    """(x, {tag: value}) of one event (or record) for TensorBoard; None for events without scalars."""
+    event = as_event(event)
+    if not isinstance(event, ROWS):
         return None
+    where = f"{event.phase or 'finetune'}/stage{event.stage + 1}-{event.mode}"
+    values: dict[str, float | None]
+    if isinstance(event, Step):
+        x = event.global_step or event.epoch * event.steps_per_epoch + event.step
+        values = {f"{where}/train/loss": event.loss, f"{where}/lr": event.lr,
+                  f"{where}/images_per_s": event.images_per_s,
+                  **{f"{where}/train/{k}": v for k, v in event.losses.items()}}
+    elif isinstance(event, Epoch):
+        x = event.epoch
+        values = {f"{where}/epoch/loss": event.loss, f"{where}/val_acc": event.val_acc,
+                  f"{where}/best_val": event.best_val, **{f"{where}/epoch/{k}": v for k, v in event.losses.items()}}
+    else:
+        x = event.epochs
+        values = {f"{where}/test_acc": event.test_acc}
     return x, {tag: float(v) for tag, v in values.items() if isinstance(v, (int, float))}
 
 
-def csv_text(events: list[dict]) -> str:
+def csv_text(events: list[RunEvent]) -> str:
     """The training events as CSV: one row per step/epoch/stage_end, a column per field and
     per loss term (`loss_<term>`), blank where an event has no such field."""
     rows = []
     for event in events:
-        if event.get("event") in ROWS:
-            row = {k: v for k, v in event.items() if k != "losses" and not isinstance(v, (dict, list))}
-            row.update({f"loss_{k}": v for k, v in (event.get("losses") or {}).items()})
+        if isinstance(event, ROWS):
+            record = event.to_dict()
+            row = {k: v for k, v in record.items() if k != "losses" and not isinstance(v, (dict, list))}
+            row.update({f"loss_{k}": v for k, v in (record.get("losses") or {}).items()})
             rows.append(row)
     seen = dict.fromkeys(k for row in rows for k in row)
     terms = [k for k in seen if k.startswith("loss_")]
@@ -77,7 +83,7 @@ def write_csv(run_dir: Path) -> Path:
     """metrics.csv of a run directory, from its metrics.jsonl (atomically)."""
     path = Path(run_dir) / CSV_FILE
     with atomic_path(path) as tmp:
-        tmp.write_text(csv_text(read_events(run_dir)))
+        tmp.write_text(csv_text(parse_all(read_events(run_dir))))
     return path
 
 
@@ -94,8 +100,12 @@ class Tracker:
             raise WorkbenchError("--tensorboard (or [log] tensorboard) needs the tensorboard package: "
                                  "pip install 'hos-workbench[tensorboard]'")
 
-    def __call__(self, event: dict) -> None:
+    def __call__(self, event: RunEvent | Record) -> None:
+        """Take one event as written (a plain record from a writer not yet typed is parsed)."""
         self._seen = True
+        event = as_event(event)
+        if event is None:
+            return
         if self.tensorboard:
             point = scalars(event)
             if point is not None:
@@ -105,10 +115,10 @@ class Tracker:
                     self._writer = SummaryWriter(log_dir=str(self.run_dir))
                 x, values = point
                 for tag, value in values.items():
-                    self._writer.add_scalar(tag, value, x, walltime=event.get("time"))
-                if event.get("event") != "step":
+                    self._writer.add_scalar(tag, value, x, walltime=event.time)
+                if not isinstance(event, Step):
                     self._writer.flush()
-        if self.csv and event.get("event") in ("epoch", *ENDS):
+        if self.csv and isinstance(event, (Epoch, *ENDS)):
             write_csv(self.run_dir)
 
     def close(self) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from core.data import load_data, make_loader
-from core.demo import DEMO_WEIGHTS, demo_arch
+from core.models.demo import DEMO_WEIGHTS, demo_arch
 from core.measure import evaluate
 from core.models.checkpoint import save_model
 from core.models.zoo import build

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from core.data import load_data
-from core.demo import demo_arch
+from core.models.demo import demo_arch
 from core.errors import WorkbenchError
 from core.finetune.settings import FinetuneStage
 from core.finetune.trainer import Placement, Stopped, Trainer, distributed
@@ -91,8 +91,8 @@ def train(case: str, out: Path, rank: int, world: int) -> dict:
     if case == "nan" and rank == 1:
         data = dataclasses.replace(data, train=Poisoned(data.train, good=2))
     events: list[dict] = []
-    trainer = Trainer(student, teacher, demo_arch(), data, [stage], (1, 8, 8), events.append, out / "ft.ckpt",
-                      Placement.detect())
+    trainer = Trainer(student, teacher, demo_arch(), data, [stage], (1, 8, 8),
+                      lambda event: events.append(event.to_dict()), out / "ft.ckpt", Placement.detect())
     seen: dict = {}
     if rank == 1:
         if case == "oom-forward":

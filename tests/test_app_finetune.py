@@ -24,15 +24,11 @@ from core.finetune.settings import FinetuneStage
 from core.overview import Target
 from core.session import load_session
 from tests.tui import drive, settle, text_of
+from workbench import finetune_process
 from workbench.app import Workbench
 from workbench.cli import main
-from workbench.screens import finetune as finetune_screen
-from workbench.screens.finetune import (
-    QuitRunScreen,
-    default_stages,
-    edit_stage,
-    stage_cells,
-)
+from workbench.screens.quit_run import QuitRunScreen
+from workbench.screens.stage_edit import default_stages, edit_stage, stage_cells
 from workbench.widgets.plots import SeriesPlot, decimate
 
 T0 = 1_700_000_000.0  # event times are frozen so "last update N s ago" is stable
@@ -296,7 +292,7 @@ def test_resume_restarts_a_stopped_run_with_resume(tmp_path, monkeypatch):
         started.append((args, kwargs))
         return real_popen([sys.executable, "-c", "pass"])
 
-    monkeypatch.setattr(finetune_screen.subprocess, "Popen", popen)
+    monkeypatch.setattr(finetune_process.subprocess, "Popen", popen)
     app = Workbench(Target.demo(), latency=False)
 
     async def script(pilot):

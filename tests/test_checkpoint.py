@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from torch import nn
 
-from core import demo
+from core.models import demo
 from core.errors import WorkbenchError
 from core.models.checkpoint import (
     ARCH_KEY,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import ValidationError
 
 from core.data import load_data
-from core.demo import demo_arch
+from core.models.demo import demo_arch
 from core.errors import WorkbenchError
 from core.finetune.losses import aux_loss
 from core.finetune.rundir import RunWriter, read_events

@@ -11,7 +11,6 @@ from torch import nn
 from core.decompose.plan import Decomposer, apply_decomposition
 from core.errors import WorkbenchError
 from core.finetune.segments import (
-    PREDEFINED,
     block_names,
     capture,
     even_pivots,
@@ -20,6 +19,7 @@ from core.finetune.segments import (
     resolve_pivots,
 )
 from core.finetune.settings import FinetuneStage
+from core.models.family.cifar_resnet import PIVOTS as PREDEFINED
 from core.models.zoo import Arch, build
 from core.session import DecomposeSection
 from tests.fixtures_models import tiny_net

@@ -22,7 +22,7 @@ from torch import nn
 import core.finetune.trainer as trainer_module
 import core.pipeline as pipeline
 from core.data import load_data
-from core.demo import demo_arch
+from core.models.demo import demo_arch
 from core.errors import WorkbenchError
 from core.finetune.settings import FinetuneStage
 from core.finetune.trainer import Placement, Stopped, Trainer, load_checkpoint

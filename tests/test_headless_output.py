@@ -56,7 +56,8 @@ def test_the_epoch_bar_clock_runs_again_in_every_epoch():
 
     live = LiveProgress(Console(file=io.StringIO(), force_terminal=True, width=100))
     live({"event": "stage", "stage": 0, "stages": 1, "mode": "ce", "epochs": 2, "steps_per_epoch": 2})
-    step = {"event": "step", "loss": 1.0, "images_per_s": 10.0, "eta_s": 1.0}
+    step = {"event": "step", "stage": 0, "mode": "ce", "steps_per_epoch": 2, "loss": 1.0, "losses": {"ce": 1.0},
+            "lr": 0.1, "images_per_s": 10.0, "eta_s": 1.0}
     for epoch, s in ((0, 1), (0, 2), (1, 1)):
         live({**step, "epoch": epoch, "step": s})
     batches = next(t for t in live.progress.tasks if t.id == live.batches)

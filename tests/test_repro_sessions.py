@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.decompose.plan import Decomposer, apply_decomposition
+from core.chain import compress, planner
 from core.finetune.segments import resolve_pivots
+from core.models.checkpoint import Loaded
 from core.models.zoo import Arch, build
-from core.prune.plan import Planner
+from core.overview import Opened
 from core.prune.strategies import REFERENCE_ROWS, default_smoothing
-from core.prune.surgery import apply_pruning
 from core.session import load_session
 
 REPRO = Path(__file__).resolve().parents[1] / "sessions" / "repro"
@@ -65,21 +65,19 @@ def test_reproduction_session_plans(name):
     session = load_session(REPRO / name).resolved(REPRO)
     torch.manual_seed(0)
     arch = Arch(session.model.name, 10, 3)
-    model, shape = build(arch).eval(), (3, 32, 32)
+    opened = Opened(Loaded(build(arch).eval(), arch, "initialised", []), None, (3, 32, 32))
+    chain = compress(session, opened, dataset="cifar10")
+    assert [step.name for step in chain.steps] == ["pruned"] * (session.prune is not None) + \
+        ["decomposed"] * (session.decompose is not None)
+    for step in chain.steps:
+        assert step.plan.params[1] < step.plan.params[0]
     if session.prune is not None:
-        planner = Planner(model, arch, shape, dataset="cifar10")
-        plan = planner.plan(session.prune)
-        assert plan.params[1] < plan.params[0]
+        plan = chain.steps[0].plan
         # the constants the session states are the defaults a CIFAR-10 session of this model gets
         bare = session.prune.model_copy(update=dict.fromkeys(
             ("tmin", "tmax", "coef", "p2_divisor", "p2_factor", "p3_scale", "p3_divisor")))
-        assert [layer.keep for layer in planner.plan(bare).layers] == [layer.keep for layer in plan.layers]
-        model, arch = apply_pruning(model, arch, plan.keep(), shape)
-    if session.decompose is not None:
-        decomposer = Decomposer(model, arch, shape)
-        plan = decomposer.plan(session.decompose)
-        assert plan.params[1] < plan.params[0]
-        model, arch = apply_decomposition(model, arch, plan, decomposer)
-    pivots = resolve_pivots(model, arch, session.finetune[0])
+        assert [layer.keep for layer in planner(opened, bare, "cifar10").plan(bare).layers] == \
+            [layer.keep for layer in plan.layers]
+    pivots = resolve_pivots(chain.compressed.model, chain.compressed.loaded.arch, session.finetune[0])
     assert pivots.modules == PIVOTS[session.model.name]
     assert pivots.gammas == pytest.approx([0.125, 1.0, 1.0])  # every pivot pair is (p, 2p): (1/2)^3, 1, final 1

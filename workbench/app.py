@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding, BindingType
+from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
@@ -21,31 +22,31 @@ from core.finetune.rundir import read_status
 from core.finetune.settings import FinetuneStage
 from core.session import (
     DecomposeSection,
+    MeasureSection,
     PruneSection,
     Session,
+    TargetSection,
     first_error,
     load_session,
     runs_code,
 )
 from core.session_file import save_session_file, written_by_workbench
 from core.target import Target
+from workbench import messages
+from workbench.finetune_process import FollowedRun, launch, replay_command_line
 from workbench.screens.base import WorkbenchScreen
 from workbench.screens.dialogs import ConfirmScreen, PathScreen
-from workbench.screens.finetune import (
-    FinetuneScreen,
-    FollowedRun,
-    QuitRunScreen,
-    default_stages,
-    launch,
-    replay_command_line,
-)
+from workbench.screens.finetune import FinetuneScreen
 from workbench.screens.help import HelpScreen
+from workbench.screens.quit_run import QuitRunScreen
+from workbench.screens.stage_edit import default_stages
 from workbench.screens.stats import StatsScreen
 from workbench.screens.summary import SummaryScreen
+from workbench.state import WorkbenchState
 
 if TYPE_CHECKING:  # the app imports without torch, so its first frame shows at once
     from core.decompose.plan import DecomposePlan, Decomposer
-    from core.overview import Opened, Overview
+    from core.overview import Opened
     from core.prune.plan import PrunePlan
 
 SCREENS_GROUP = Binding.Group("screens", compact=True)
@@ -68,7 +69,11 @@ def _decompose_screen() -> Screen:
 
 
 class Workbench(App):
-    """HOS Workbench. Start with a Target (what to open); heavy work runs in a thread worker."""
+    """HOS Workbench. Start with a Target (what to open); heavy work runs in a thread worker.
+
+    `state` (workbench/state.py) is its single state: the session's choices and the models they
+    produced. Screens change it by posting typed messages (workbench/messages.py), workers post
+    their results; only the handlers here replace it, and every change is shown on the screen."""
 
     TITLE = "HOS Workbench"
     CSS_PATH = "app.tcss"
@@ -87,24 +92,31 @@ class Workbench(App):
         Binding("ctrl+s", "save_session", "Save", id="save"),
         Binding("q", "quit", "Quit", id="quit"),
     ]
+    state: reactive[WorkbenchState] = reactive(WorkbenchState, init=False)
+
+    # the state's parts, read-only: they change through messages
+    prune_settings = property(lambda self: self.state.prune, doc="The pruning choices (None: the defaults).")
+    decompose_settings = property(lambda self: self.state.decompose, doc="The decomposition choices (None: defaults).")
+    finetune_settings = property(lambda self: list(self.state.finetune), doc="The fine-tune stages.")
+    base = property(lambda self: self.state.base, doc="The model as opened, measured.")
+    pruned = property(lambda self: self.state.pruned, doc="After the pruning plan was applied.")
+    decomposed = property(lambda self: self.state.decomposed, doc="After the decomposition was applied.")
+    overview = property(lambda self: self.state.overview, doc="The latest of these, shown by the screens.")
+    error = property(lambda self: self.state.error, doc="Why the model could not be opened.")
 
     def __init__(self, target: Target, opened: Opened | None = None, latency: bool = True,
                  prune: PruneSection | None = None, session_path: Path | None = None,
-                 decompose: DecomposeSection | None = None, finetune: list[FinetuneStage] | None = None) -> None:
+                 decompose: DecomposeSection | None = None, finetune: list[FinetuneStage] | None = None,
+                 measure: MeasureSection | None = None, budget: TargetSection | None = None) -> None:
         super().__init__()
         self.target, self.opened, self.latency = target, opened, latency
-        self.prune_settings = prune          # None until the user makes a pruning choice
-        self.decompose_settings = decompose  # likewise for the decomposition
-        self.finetune_settings = list(finetune or default_stages())  # what the fine-tune screen shows
+        self.set_reactive(Workbench.state, WorkbenchState(
+            prune=prune, decompose=decompose, finetune=tuple(finetune or default_stages()), measure=measure,
+            budget=budget))
         self.may_overwrite: set[Path] = set()     # files the user agreed to have rewritten
         self.session_path = session_path or Path("session.toml")
         self.runs_dir = Path("runs")             # where started runs go: runs/<session>-<time>/
         self.followed: FollowedRun | None = None      # the run directory being followed
-        self.base: Overview | None = None        # the model as opened
-        self.pruned: Overview | None = None      # after the pruning plan was applied
-        self.decomposed: Overview | None = None  # after the decomposition was applied
-        self.overview: Overview | None = None    # the latest of these, shown by the screens
-        self.error: str | None = None
         self.reopen: Path | None = None          # a session to open once this app has ended
 
     def notify(self, message: str, *, title: str = "", severity="information", timeout: float | None = None,
@@ -142,60 +154,84 @@ class Workbench(App):
         torch.set_num_threads(max(1, free_cores() - 1))
         try:
             opened = self.opened or open_target(self.target)
-            self.call_from_thread(self._progress, 0, 1, "statistics")
-            overview = gather(opened, self.latency,
-                              lambda i, n, what: self.call_from_thread(self._progress, i, n, what))
+            self.post_message(messages.Progress(0, 1, "statistics"))
+            # the statistics table shows as soon as the statistics exist; the rest fills in
+            overview = gather(opened, self.latency, self._post_progress,
+                              stats_ready=lambda stats: self.post_message(messages.StatsReady(stats)))
         except WorkbenchError as exc:
-            self.call_from_thread(self._failed, str(exc))
+            self.post_message(messages.OpenFailed(str(exc)))
             return
-        self.call_from_thread(self._loaded, overview)
+        self.post_message(messages.ModelOpened(overview))
 
-    def _progress(self, done: int, total: int, what: str) -> None:
-        if isinstance(self.screen, WorkbenchScreen):
-            self.screen.show_progress(done, total, what)
+    def _post_progress(self, done: int, total: int, what: str) -> None:
+        self.post_message(messages.Progress(done, total, what))
 
-    def _loaded(self, overview: Overview) -> None:
-        self.base = self.base or overview
-        self.overview = overview
-        self.sub_title = overview.opened.loaded.source
+    def watch_state(self, state: WorkbenchState) -> None:
+        """Show every change of the state on the current screen."""
         if isinstance(self.screen, WorkbenchScreen):
             self.screen.sync()
+
+    def on_settings_changed(self, message: messages.SettingsChanged) -> None:
+        changes = {name: value for name in ("prune", "decompose", "finetune")
+                   if (value := getattr(message, name)) is not None}
+        self.state = self.state.but(**changes)
+
+    def on_measure_changed(self, message: messages.MeasureChanged) -> None:
+        self.state = self.state.but(measure=message.measure)
+
+    def on_budget_changed(self, message: messages.BudgetChanged) -> None:
+        self.state = self.state.but(budget=message.budget)
+
+    def on_progress(self, message: messages.Progress) -> None:
+        if isinstance(self.screen, WorkbenchScreen):
+            self.screen.show_progress(message.done, message.total, message.what)
+
+    def on_stats_ready(self, message: messages.StatsReady) -> None:
+        if self.state.base is None:
+            self.state = self.state.but(stats=message.stats)
+
+    def on_model_opened(self, message: messages.ModelOpened) -> None:
+        self.sub_title = message.overview.opened.loaded.source
+        self.state = self.state.but(base=message.overview, overview=message.overview, stats=message.overview.stats)
+
+    def on_open_failed(self, message: messages.OpenFailed) -> None:
+        self._failed(message.message)
+
+    def on_plan_applied(self, message: messages.PlanApplied) -> None:
+        overview = message.overview
+        self.sub_title = overview.opened.loaded.source
+        if message.step == "pruned":
+            self.state = self.state.but(pruned=overview, decomposed=None, overview=overview)
+        else:
+            self.state = self.state.but(decomposed=overview, overview=overview)
+        self.notify(message.note, severity="information" if message.as_planned else "warning")
+
+    def on_apply_failed(self, message: messages.ApplyFailed) -> None:
+        self.notify(message.message, severity="error")
 
     @work(thread=True, exclusive=True, group="load", exit_on_error=False)
     def apply_plan(self, plan: PrunePlan | DecomposePlan, decomposer: Decomposer | None = None) -> None:
         """Apply a pruning plan (to the opened model) or a decomposition plan (to the pruned
         model if there is one, else the opened one: approaches A3 and A2), measure the
-        result and show it on every screen."""
-        from core.decompose.plan import apply_decomposition
-        from core.models.checkpoint import Loaded
-        from core.overview import Opened, gather
+        result and show it on every screen (the result is posted: PlanApplied)."""
+        from core.chain import apply
+        from core.overview import gather
         from core.prune.plan import PrunePlan
-        from core.prune.surgery import apply_pruning
 
-        pruning = isinstance(plan, PrunePlan)
-        start = (self.base if pruning else self.pruned or self.base).opened
-        self.call_from_thread(self._progress, 0, 1, "pruning" if pruning else "decomposing")
-        try:
-            if pruning:
-                model, arch = apply_pruning(start.model, start.loaded.arch, plan.keep(), start.input_shape)
-            else:
-                model, arch = apply_decomposition(start.model, start.loaded.arch, plan, decomposer)
-        except WorkbenchError as exc:
-            self.call_from_thread(self.notify, str(exc), severity="error")
-            return
+        pruning, state = isinstance(plan, PrunePlan), self.state  # the state is only read here
+        start = (state.base if pruning else state.pruned or state.base).opened
+        self.post_message(messages.Progress(0, 1, "pruning" if pruning else "decomposing"))
         label = f"pruned {plan.settings.strategy}" if pruning else f"{plan.settings.method} X={plan.settings.x}"
-        opened = Opened(Loaded(model, arch, f"{start.loaded.source}, {label}", []), start.data, start.input_shape)
-        overview = gather(opened, self.latency, lambda i, n, what: self.call_from_thread(self._progress, i, n, what))
-        if pruning:
-            self.pruned, self.decomposed = overview, None
-        else:
-            self.decomposed = overview
+        try:
+            opened = apply(start, plan, decomposer, f"{start.loaded.source}, {label}")
+        except WorkbenchError as exc:
+            self.post_message(messages.ApplyFailed(str(exc)))
+            return
+        overview = gather(opened, self.latency, self._post_progress)
         ok = overview.costs.params == plan.params[1] and overview.costs.flops == plan.flops[1]
-        self.call_from_thread(self._loaded, overview)
-        self.call_from_thread(
-            self.notify, f"{label}: {overview.costs.params:,} params, {overview.costs.flops:,} FLOPs measured"
-            + (" (as planned)" if ok else f" (plan said {plan.params[1]:,} / {plan.flops[1]:,})"),
-            severity="information" if ok else "warning")
+        note = (f"{label}: {overview.costs.params:,} params, {overview.costs.flops:,} FLOPs measured"
+                + (" (as planned)" if ok else f" (plan said {plan.params[1]:,} / {plan.flops[1]:,})"))
+        self.post_message(messages.PlanApplied("pruned" if pruning else "decomposed", overview, note, ok))
 
     def session(self, stages: bool = True) -> Session:
         """The session the screens show (model, data, pruning, decomposition and, with `stages`,
@@ -204,8 +240,10 @@ class Workbench(App):
             raise WorkbenchError("fine-tuning needs data: reopen with --data DIR (or give [data] spec in the "
                                  "session file); without data, delete the stages (x on Tune)")
         try:
-            return Session.from_target(self.target, self.prune_settings, self.decompose_settings,
-                                       self.finetune_settings if stages else [])
+            fields = dict(Session.from_target(self.target, self.prune_settings, self.decompose_settings,
+                                              self.finetune_settings if stages else []))
+            fields.pop("budget")  # [target] goes by its TOML name
+            return Session.model_validate({**fields, "measure": self.state.measure, "target": self.state.budget})
         except ValidationError as exc:
             raise WorkbenchError(f"session: {first_error(exc)}") from None
 
@@ -319,7 +357,7 @@ class Workbench(App):
 
     def worker_failed(self, worker: Worker) -> None:
         """A background job raised something unexpected: say so and keep the app up."""
-        if worker.group == "load" and self.overview is None:
+        if worker.group == "load" and self.state.overview is None:
             self._failed(f"{type(worker.error).__name__}: {worker.error}")
             return
         self.notify(f"{worker.name} failed: {type(worker.error).__name__}: {worker.error}", title="error",
@@ -394,7 +432,5 @@ class Workbench(App):
         self.follow_run(run_dir)
 
     def _failed(self, message: str) -> None:
-        self.error = message
         self.notify(message, title="cannot open", severity="error", timeout=30)
-        if isinstance(self.screen, WorkbenchScreen):
-            self.screen.sync()
+        self.state = self.state.but(error=message)

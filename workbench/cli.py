@@ -53,7 +53,7 @@ TRUST_HELP = ("load a whole pickled model with its own code (torch.load, only fo
 
 def _target(model, checkpoint, num_classes, in_channels, weights, trust_pickle, data, input_size):
     """What to open, every part checked that can be without torch (one line if wrong)."""
-    from core.data_spec import parse_spec
+    from core.data.spec import parse_spec
     from core.models.names import check_model_name
     from core.target import Target, parse_input_size
 
@@ -206,7 +206,7 @@ def open_(
         _check_run_dir(run_dir)
         _open_run(run_dir, trust_pickle)
         return
-    prune = decompose = finetune = None
+    prune = decompose = finetune = measure = budget = None
     if session is not None:
         from core.session import load_session
 
@@ -218,6 +218,7 @@ def open_(
                                  f"peer): run it with `workbench replay {session}`, then open its run directory")
         target, prune, decompose, finetune = loaded.target(trust_pickle), loaded.prune, loaded.decompose, \
             loaded.finetune
+        measure, budget = loaded.measure, loaded.budget
     else:
         target = _target(model, checkpoint, num_classes, in_channels, weights, trust_pickle, data, input_size)
     from core.overview import open_target
@@ -226,7 +227,8 @@ def open_(
 
     configure_threads(threads)
     opened = open_target(target)  # fail here, before the screen takes over the terminal
-    Workbench(target, opened=opened, prune=prune, decompose=decompose, finetune=finetune, session_path=session).run()
+    Workbench(target, opened=opened, prune=prune, decompose=decompose, finetune=finetune, session_path=session,
+              measure=measure, budget=budget).run()
 
 
 def _open_run(run_dir: Path, trust: bool = False) -> None:
@@ -248,7 +250,8 @@ def _open_run(run_dir: Path, trust: bool = False) -> None:
     except WorkbenchError:
         opened = None  # the app's loader fails again and notifies the error
     prune = None if loaded.prune is not None and loaded.prune.strategy == PEER else loaded.prune  # not editable
-    app = Workbench(target, opened=opened, prune=prune, decompose=loaded.decompose, finetune=loaded.finetune)
+    app = Workbench(target, opened=opened, prune=prune, decompose=loaded.decompose, finetune=loaded.finetune,
+                    measure=loaded.measure, budget=loaded.budget)
     app.follow_run(run_dir)
     app.run()
 
@@ -320,7 +323,7 @@ def replay(
 
 def _precheck_session(path: Path, data: str | None, checkpoint: Path | None, trust: bool = False) -> None:
     """The session file, its data and its checkpoint, checked before torch is imported."""
-    from core.data_spec import parse_spec
+    from core.data.spec import parse_spec
     from core.session import load_session
 
     if not path.is_file():

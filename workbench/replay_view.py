@@ -20,7 +20,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from core import report
 from core.errors import WorkbenchError
+from core.finetune import events as ev
 from core.finetune.rundir import default_run_dir
 from core.finetune.trainer import Placement, Stopped, distributed
 from core.pipeline import agree, replay
@@ -28,36 +30,38 @@ from workbench.format import count, duration, num, percent
 from workbench.tables import for_console
 
 
-def _losses(event: dict) -> str:
-    return " ".join(f"{k} {num(v)}" for k, v in (event.get("losses") or {}).items())
+def _losses(event: ev.Step) -> str:
+    return " ".join(f"{k} {num(v)}" for k, v in event.losses.items())
 
 
-def plain_line(event: dict) -> str | None:
+def plain_line(event: ev.RunEvent | dict) -> str | None:
     """The log line of a training event (None for events not worth a line); baseline training
     (a session's `[train]`) is prefixed `baseline`."""
-    line = _line(event)
-    return f"baseline {line}" if line and event.get("phase") == "baseline" else line
+    event = ev.as_event(event)
+    line = _line(event) if event is not None else None
+    return f"baseline {line}" if line and event.phase == "baseline" else line
 
 
-def _line(event: dict) -> str | None:
-    kind = event.get("event")
-    if kind == "stage":
-        where = f" on {event['device']}" if event.get("device") else ""
-        many = f" x {event['processes']} processes" if event.get("processes", 1) > 1 else ""
-        return f"stage {event['stage'] + 1}/{event['stages']} ({event['mode']}): {event['epochs']} epochs of " \
-               f"{event['steps_per_epoch']} batches{where}{many}"
-    if kind == "step":
-        return (f"stage {event['stage'] + 1} epoch {event['epoch'] + 1} batch {event['step']}/"
-                f"{event['steps_per_epoch']}: loss {num(event['loss'])} ({_losses(event)}) lr {num(event['lr'])} "
-                f"{event['images_per_s']:.0f} img/s ETA {duration(event['eta_s'])}")
-    if kind == "epoch":
-        return (f"stage {event['stage'] + 1} epoch {event['epoch']}/{event['epochs']}: loss {num(event['loss'])} "
-                f"val {percent(event['val_acc'])} (best {percent(event['best_val'])})")
-    if kind == "stage_end":
-        return (f"stage {event['stage'] + 1} ({event['mode']}) done: best val {percent(event['best_val'])} "
-                f"at epoch {event['best_epoch']}, test {percent(event['test_acc'])}")
-    if kind in ("stopped", "failed"):
-        return f"{kind}: {event.get('message') or event.get('reason')}"
+def _line(event: ev.RunEvent) -> str | None:
+    if isinstance(event, ev.Stage):
+        where = f" on {event.device}" if event.device else ""
+        many = f" x {event.processes} processes" if (event.processes or 1) > 1 else ""
+        return f"stage {event.stage + 1}/{event.stages} ({event.mode}): {event.epochs} epochs of " \
+               f"{event.steps_per_epoch} batches{where}{many}"
+    if isinstance(event, ev.Step):
+        return (f"stage {event.stage + 1} epoch {event.epoch + 1} batch {event.step}/"
+                f"{event.steps_per_epoch}: loss {num(event.loss)} ({_losses(event)}) lr {num(event.lr)} "
+                f"{event.images_per_s or 0:.0f} img/s ETA {duration(event.eta_s)}")
+    if isinstance(event, ev.Epoch):
+        return (f"stage {event.stage + 1} epoch {event.epoch}/{event.epochs}: loss {num(event.loss)} "
+                f"val {percent(event.val_acc)} (best {percent(event.best_val)})")
+    if isinstance(event, ev.StageEnd):
+        return (f"stage {event.stage + 1} ({event.mode}) done: best val {percent(event.best_val)} "
+                f"at epoch {event.best_epoch}, test {percent(event.test_acc)}")
+    if isinstance(event, ev.Stopped):
+        return f"stopped: {event.reason}"
+    if isinstance(event, ev.Failed):
+        return f"failed: {event.message}"
     return None
 
 
@@ -70,28 +74,27 @@ class LiveProgress:
                                  transient=False)
         self.epochs = self.batches = None
 
-    def __call__(self, event: dict) -> None:
-        kind, p = event.get("event"), self.progress
-        if kind == "stage":
+    def __call__(self, event: ev.RunEvent | dict) -> None:
+        event, p = ev.as_event(event), self.progress
+        if isinstance(event, ev.Stage):
             for task in (self.epochs, self.batches):
                 if task is not None:
                     p.remove_task(task)
-            label = f"stage {event['stage'] + 1}/{event['stages']} {event['mode']}" + \
-                (f" on {event['device']}" if event.get("device") else "")
-            label = f"baseline {label}" if event.get("phase") == "baseline" else label
-            self.epochs = p.add_task(f"{label} epochs", total=event["epochs"], info="")
-            self.batches = p.add_task("batches", total=event["steps_per_epoch"], info="")
-        elif kind == "step" and self.batches is not None:
+            label = f"stage {event.stage + 1}/{event.stages} {event.mode}" + \
+                (f" on {event.device}" if event.device else "")
+            label = f"baseline {label}" if event.phase == "baseline" else label
+            self.epochs = p.add_task(f"{label} epochs", total=event.epochs, info="")
+            self.batches = p.add_task("batches", total=event.steps_per_epoch, info="")
+        elif isinstance(event, ev.Step) and self.batches is not None:
             done = next(t.completed for t in p.tasks if t.id == self.batches)
-            if event["step"] < done:  # a new epoch: its own elapsed time, not the last one's, frozen when full
+            if event.step < done:  # a new epoch: its own elapsed time, not the last one's, frozen when full
                 p.reset(self.batches)
-            p.update(self.batches, completed=event["step"],
-                     description=f"epoch {event['epoch'] + 1} batches",
-                     info=f"loss {num(event['loss'])} {event['images_per_s']:.0f} img/s ETA {duration(event['eta_s'])}")
-        elif kind == "epoch" and self.epochs is not None:
-            p.update(self.epochs, completed=event["epoch"],
-                     info=f"val {percent(event['val_acc'])} best {percent(event['best_val'])}")
-        elif kind in ("stage_end", "stopped", "failed"):
+            p.update(self.batches, completed=event.step, description=f"epoch {event.epoch + 1} batches",
+                     info=f"loss {num(event.loss)} {event.images_per_s or 0:.0f} img/s ETA {duration(event.eta_s)}")
+        elif isinstance(event, ev.Epoch) and self.epochs is not None:
+            p.update(self.epochs, completed=event.epoch,
+                     info=f"val {percent(event.val_acc)} best {percent(event.best_val)}")
+        elif isinstance(event, ev.ENDS):
             line = plain_line(event)
             if line:
                 p.console.print(line)
@@ -237,15 +240,12 @@ def queue_table(outcomes: list[Outcome]) -> Table:
 
 
 def steps_table(steps: list[dict], title: str) -> Table:
-    """One row per pipeline step: parameters, FLOPs, latency (ms, batch 1), test accuracy, and
-    the ratios to the baseline (parameters and FLOPs divided by, speed multiplied by)."""
+    """One row per pipeline step (core.report): parameters, FLOPs, latency (ms, batch 1), test
+    accuracy, and the ratios to the baseline (parameters and FLOPs divided by, speed multiplied by)."""
     table = Table(title=title, header_style="bold")
     for col in ("step", "params", "FLOPs", "ms", "acc", "÷params", "÷FLOPs", "×speed"):
         table.add_column(col, justify="left" if col == "step" else "right")
-    base = steps[0]
-    for step in steps:
-        speed = (base["latency_ms"] / step["latency_ms"]) if step["latency_ms"] and base["latency_ms"] else None
-        table.add_row(step["name"], f"{step['params']:,}", count(step["flops"]), num(step["latency_ms"]),
-                      percent(step["accuracy"]), f"{base['params'] / step['params']:.2f}",
-                      f"{base['flops'] / step['flops']:.2f}", f"{speed:.2f}" if speed else "-")
+    for row in report.steps_table(steps).rows:
+        table.add_row(row.name, f"{row.params:,}", count(row.flops), num(row.latency_ms), percent(row.accuracy),
+                      report.fixed(row.fewer_params), report.fixed(row.fewer_flops), report.fixed(row.speedup))
     return table

@@ -20,12 +20,11 @@ from torch import nn
 
 from core.decompose.layers import composed_weight, cp_conv, relative_error, svd_linear, tucker_conv
 from core.decompose.ranks import cp_rank, max_cp_rank, svd_rank, tucker_ranks, vbmf_rank, vbmf_ranks
+from core.decompose.settings import DecomposeSection, LayerRanks
 from core.errors import WorkbenchError
 from core.measure import count_flops, count_params
-from core.models.cifar_mobilenet import CifarMobileNetV1, CifarMobileNetV2, V1Block, V2Block
-from core.models.cifar_resnet import BasicBlock, CifarResNet
-from core.models.zoo import Arch
-from core.session import DecomposeSection, LayerRanks
+from core.models.arch import Arch
+from core.models.family import family_of
 
 MAX_LISTED = 6
 
@@ -126,20 +125,12 @@ class Decomposer:
             site.order, self._calls = self._calls, self._calls + 1
 
     def default_layers(self) -> list[str]:
-        """METHOD.md's layers: CIFAR ResNet conv1 and conv2 of every residual block; CIFAR MobileNet
-        v1 the pointwise convs; v2 what the reference decomposition script's filter picks (names
-        ending in conv1, conv3 or 0): the stem, each block's expansion and projection 1x1 convs and
-        its shortcut conv. Any other model: every dense (groups = 1) Conv2d with a kernel larger
-        than 1x1 except the first to run (the stem)."""
-        m = self.model
-        if isinstance(m, CifarResNet):
-            names = [f"{n}.{c}" for n, b in m.named_modules() if isinstance(b, BasicBlock) for c in ("conv1", "conv2")]
-        elif isinstance(m, CifarMobileNetV1):
-            names = [f"{n}.conv2" for n, b in m.named_modules() if isinstance(b, V1Block)]
-        elif isinstance(m, CifarMobileNetV2):
-            names = ["conv1"] + [f"{n}.{c}" for n, b in m.named_modules() if isinstance(b, V2Block)
-                                 for c in ("conv1", "conv3", "shortcut.0")]
-        else:
+        """The family's layers (METHOD.md's for the CIFAR families: ResNet block conv1 and conv2,
+        MobileNet v1 pointwise convs, v2 what the reference script's filter picks). Any other
+        model: every dense (groups = 1) Conv2d with a kernel larger than 1x1 except the first to
+        run (the stem)."""
+        names = family_of(self.arch).default_layers(self.model)
+        if names is None:
             convs = {n: s for n, s in self.sites.items() if s.kind == "conv"}
             ran = [s.order for s in convs.values() if s.order is not None]
             stem = min(ran) if ran else None

@@ -1,30 +1,29 @@
 """The run directory a replay writes and the TUI follows (ARCHITECTURE.md, "Long jobs").
 
-Files: `metrics.jsonl` (one JSON event per line, appended and flushed as it happens),
-`status.json` (pid, state, heartbeat, message; rewritten atomically), `session.toml` (the
-frozen session), `finetune.ckpt` / `baseline.ckpt` (the latest training checkpoints), the models and
-`report.json`/`report.md` (written last). `.lock` holds an exclusive lock while a replay
+Files (their names are the constants below): `metrics.jsonl` (one JSON event per line,
+appended and flushed as it happens), `status.json` (pid, state, heartbeat, message; rewritten
+atomically), `session.toml` (the frozen session), `finetune.ckpt` / `baseline.ckpt` (the
+latest training checkpoints), each step's model (`model_file`) and `report.json`/`report.md`
+(written last); `stdout.log` when the TUI started the replay. `.lock` holds an exclusive lock while a replay
 writes, so a second replay into the same folder is refused instead of interleaved; what the
 folder may hold is checked under that lock (`RunWriter(check=...)`), before anything is written.
 
-Events (key `event`): `stage` (a fine-tuning stage starts), `step` (every `log_every`
-batches: losses, lr, images/s, ETA), `epoch` (averages and validation accuracy),
-`checkpoint`, `stage_end` (best validation, test accuracy), `stopped`, `failed`, `done`.
+The events and their lines: core.finetune.events.
 """
 
 from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from core.atomic import sweep_temps, write_json
 from core.errors import WorkbenchError
+from core.finetune.events import Record, RunEvent, from_line, to_line
 
 METRICS = "metrics.jsonl"
 STATUS = "status.json"
@@ -32,9 +31,18 @@ CHECKPOINT = "finetune.ckpt"
 BASELINE_CHECKPOINT = "baseline.ckpt"   # while a `[train]` section trains the baseline
 LOCK = ".lock"
 SESSION = "session.toml"
-STATES = ("running", "done", "stopped", "failed")
-SKELETON = {METRICS, STATUS, LOCK, "stdout.log"}  # what a run killed before freezing its session leaves
+REPORT = "report.json"
+REPORT_MD = "report.md"
+STDOUT = "stdout.log"                   # a replay the TUI started: its output
+RUN_FILES = (REPORT, METRICS, STATUS, SESSION)  # a folder holding one of these is a run
+SKELETON = {METRICS, STATUS, LOCK, STDOUT}  # what a run killed before freezing its session leaves
 SYSTEM_FOLDERS = ("/proc", "/sys", "/dev")
+
+
+def model_file(step: str) -> str:
+    """File stem of a step's model (`<stem>.safetensors`, `<stem>.pth.tar`): `baseline`,
+    `pruned`, `decomposed`, `finetune-2-ce` for the step `finetune-2-ce` or `finetune:ce`."""
+    return step.replace(":", "-")
 
 
 def check_out_folder(out: Path) -> None:
@@ -106,17 +114,6 @@ def default_run_dir(base: Path, resume: bool) -> Path:
     raise WorkbenchError(f"{base}: 10,000 run directories already: pass --out")
 
 
-def _clean(value):
-    """JSON-safe copy: NaN/Inf become None (a diverged loss is still written)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 class RunWriter:
     """Owns a run directory while a replay writes it: the lock, the status and the metrics."""
 
@@ -157,11 +154,11 @@ class RunWriter:
         self.status: dict = {"pid": os.getpid(), "state": "running", "started": time.time(), "message": None}
         self.heartbeat()
 
-    def event(self, event: dict) -> None:
+    def event(self, event: RunEvent | Record) -> None:
         """Append one event to metrics.jsonl (flushed at once) and refresh the heartbeat."""
-        event = {**_clean(event), "time": time.time()}
+        event, line = to_line(event, time.time())
         try:
-            self._metrics.write(json.dumps(event) + "\n")
+            self._metrics.write(line)
             self._metrics.flush()
         except OSError as exc:
             raise WorkbenchError(f"cannot write {self.path / METRICS}: {exc.strerror or exc}; check the folder "
@@ -225,7 +222,8 @@ class MetricsFollower:
     offset: int = 0
     _partial: bytes = field(default=b"", repr=False)
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list[Record]:
+        """The JSON objects of the new complete lines (typed by core.finetune.events.parse_all)."""
         try:
             with open(self.path, "rb") as f:
                 f.seek(self.offset)
@@ -236,17 +234,9 @@ class MetricsFollower:
         data = self._partial + chunk
         lines = data.split(b"\n")
         self._partial = lines.pop()
-        events = []
-        for line in lines:
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(event, dict):
-                events.append(event)
-        return events
+        return [record for record in map(from_line, lines) if record is not None]
 
 
-def read_events(path: Path) -> list[dict]:
+def read_events(path: Path) -> list[Record]:
     """Every complete event of a run directory's metrics.jsonl."""
     return MetricsFollower(Path(path) / METRICS).poll()

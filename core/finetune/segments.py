@@ -18,11 +18,8 @@ from torch import nn
 
 from core.errors import WorkbenchError
 from core.finetune.settings import FinetuneStage
-from core.models.cifar_mobilenet import CifarMobileNetV1, CifarMobileNetV2
-from core.models.cifar_resnet import CifarResNet
-from core.models.zoo import Arch
-
-PREDEFINED = {56: {1: [18], 2: [9, 18]}, 110: {1: [18], 2: [18, 36]}}  # depth -> n_losses -> pivots
+from core.models.arch import Arch
+from core.models.family import family_of
 
 
 @dataclass
@@ -37,20 +34,12 @@ class Pivots:
 
 
 def block_names(model: nn.Module, arch: Arch) -> list[str]:
-    """Names of the residual / inverted-residual blocks of `model`, in order."""
-    import torchvision.models as tvm
-    from torchvision.models.mobilenetv2 import InvertedResidual
-
-    if isinstance(model, (CifarResNet, tvm.ResNet)):
-        stages = [n for n in ("layer1", "layer2", "layer3", "layer4") if hasattr(model, n)]
-    elif isinstance(model, (CifarMobileNetV1, CifarMobileNetV2)):
-        stages = ["layers"]
-    elif isinstance(model, tvm.MobileNetV2):
-        return [f"features.{i}" for i, m in enumerate(model.features) if isinstance(m, InvertedResidual)]
-    else:
+    """Names of the residual / inverted-residual blocks of `model`, in order (its family's answer)."""
+    blocks = family_of(arch).blocks(model)
+    if blocks is None:
         raise WorkbenchError(f"{arch.model} has no known residual blocks to place auxiliary losses at: "
                              "set pivot_modules (module names) in the [[finetune]] stage, or use mode = \"mse\"")
-    return [f"{s}.{i}" for s in stages for i in range(len(model.get_submodule(s)))]
+    return blocks
 
 
 def even_pivots(blocks: int, n_losses: int) -> list[int]:
@@ -74,8 +63,8 @@ def pivot_weights(positions: list[int], decay: float) -> list[float]:
 
 
 def resolve_pivots(model: nn.Module, arch: Arch, stage: FinetuneStage) -> Pivots:
-    """The stage's pivots: `pivot_modules`, else `pivots` (block counts), else the predefined
-    ResNet-56/110 ones, else the even cut."""
+    """The stage's pivots: `pivot_modules`, else `pivots` (block counts), else the family's
+    predefined ones (ResNet-56/110), else the even cut."""
     if stage.pivot_modules is not None:
         names = [n for n, _ in model.named_modules()]
         missing = next((n for n in stage.pivot_modules if n not in names[1:]), None)
@@ -89,10 +78,8 @@ def resolve_pivots(model: nn.Module, arch: Arch, stage: FinetuneStage) -> Pivots
         if stage.pivots[-1] >= len(blocks):
             raise WorkbenchError(f"pivots {stage.pivots} must be below the {len(blocks)} blocks of {arch.model}")
         positions = list(stage.pivots)
-    elif isinstance(model, CifarResNet) and stage.n_losses in PREDEFINED.get(model.depth, {}):
-        positions = PREDEFINED[model.depth][stage.n_losses]
     else:
-        positions = even_pivots(len(blocks), stage.n_losses)
+        positions = family_of(arch).pivots(model, stage.n_losses) or even_pivots(len(blocks), stage.n_losses)
     return Pivots([blocks[p - 1] for p in positions], list(positions), len(blocks),
                   pivot_weights(positions, stage.decay))
 

@@ -11,7 +11,6 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MODES = ("ce", "mse", "aux")
 REFERENCE = {  # METHOD.md: step 3 (reconstruction losses) and step 4 (plain CE)
     "ce": {"lr": 1e-4, "epochs": 30, "milestones": []},
     "mse": {"lr": 1e-3, "epochs": 140, "milestones": [80, 120]},

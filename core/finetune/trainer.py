@@ -8,11 +8,10 @@ resumed from a checkpoint continues bit for bit on a CPU, and on CUDA with `dete
 true`. Under torchrun every rank builds the same global batch and trains on its slice (each
 rank draws its own dropout), so N processes agree with one on the same batch up to rounding.
 
-Several processes exchange at fixed points only: one all-reduce of the gradients and one
-broadcast of rank 0's buffers per batch, and one all-reduce of the status (stop request,
-failures, loss sums) at every logged batch. A failure on one rank (out of memory, no
-deterministic kernel) is recorded there, that rank keeps joining the exchanges, and every
-rank raises the same error at the next logged batch, before anything is saved.
+Several processes exchange at fixed points only (core.finetune.distributed). A failure on one
+rank (out of memory, no deterministic kernel) is recorded there, that rank keeps joining the
+exchanges, and every rank raises the same error at the next logged batch, before anything is
+saved. Checkpoints: core.finetune.train_state; events: core.finetune.events.
 """
 
 from __future__ import annotations
@@ -24,30 +23,46 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from contextlib import ExitStack, contextmanager, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset
 
-from core.atomic import atomic_path
 from core.data import DataSplits
-from core.errors import WorkbenchError
+from core.errors import WorkbenchError, first_line
+from core.finetune import events
+from core.finetune.distributed import (
+    Placement,
+    broadcast_from_main,
+    distributed,
+    exchange_status,
+    mean_over,
+    sync_buffers,
+    sync_gradients,
+)
 from core.finetune.loader import EpochBatches, auto_workers, batch_seed, fetch
 from core.finetune.losses import aux_loss, ce_loss, final_mse_loss
 from core.finetune.segments import capture, loss_reach, resolve_pivots
 from core.finetune.settings import FinetuneStage
+from core.finetune.train_state import (
+    StageState,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from core.models.zoo import Arch
 
-CHECKPOINT_VERSION = 1
+__all__ = ["Placement", "Stopped", "Trainer", "check_amp", "distributed", "epoch_order", "load_checkpoint",
+           "steps_per_epoch"]  # distributed, load_checkpoint: re-exported for the callers of this module
 EVAL_BATCH = 256          # evaluation batch per process (at most the training batch per process)
 AMP_DEVICES = ("cuda",)   # device types on which `amp` may be asked for
 CUBLAS_DETERMINISTIC = ":4096:8"
-Emit = Callable[[dict], None]
+Emit = Callable[[events.RunEvent], None]
 # what a step may fail with on one process and how it is told (code -> what)
 OUT_OF_MEMORY, NOT_DETERMINISTIC = 1, 2
 
@@ -56,70 +71,6 @@ class Stopped(WorkbenchError):
     """A stop request (SIGTERM, Ctrl-C) was honoured: the run checkpointed and returned."""
 
     exit_code = 3
-
-
-@dataclass
-class Placement:
-    """Where this process trains: device, and its rank among `world` processes."""
-
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-
-    @classmethod
-    def detect(cls) -> "Placement":
-        """CUDA when present (the GPU torchrun's LOCAL_RANK names, one per process); the
-        process group's rank and size when torchrun started us."""
-        distributed = dist.is_available() and dist.is_initialized()
-        rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        if not torch.cuda.is_available():
-            return cls(torch.device("cpu"), rank, world)
-        count = torch.cuda.device_count()
-        local = int(os.environ.get("LOCAL_RANK", rank % count))  # a launcher without LOCAL_RANK: one node
-        per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        if max(per_node, local + 1) > count:
-            raise WorkbenchError(f"torchrun starts {per_node} processes on this machine but it has {count} GPU(s): "
-                                 f"pass --nproc_per_node {count} (one process per GPU)")
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-        return cls(device, rank, world)
-
-    @property
-    def name(self) -> str:
-        """The device in words: `cpu`, or `cuda:0 (NVIDIA H200)`."""
-        if self.device.type == "cuda":
-            return f"{self.device} ({torch.cuda.get_device_name(self.device)})"
-        return str(self.device)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-@dataclass
-class StageState:
-    """Where a stage stands: what a checkpoint stores besides the tensors."""
-
-    stage: int = 0
-    epoch: int = 0            # epochs completed in this stage
-    step: int = 0             # batches completed in the current epoch
-    best_val: float | None = None
-    best_epoch: int | None = None
-    sums: dict[str, float] = field(default_factory=dict)  # loss sums of the epoch (from a checkpoint)
-    completed: list[dict] = field(default_factory=list)   # what each finished stage reported
-
-
-@contextmanager
-def distributed():
-    """The process group torchrun asks for (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
-        yield
-        return
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 def steps_per_epoch(n: int, stage: FinetuneStage) -> int:
@@ -173,7 +124,7 @@ class Trainer:
         self.teacher = teacher
         self.arch, self.data, self.stages, self.input_shape = arch, data, stages, input_shape
         self.phase = phase
-        self.emit = (lambda event: emit({**event, "phase": phase})) if self.place.main else (lambda event: None)
+        self.emit = (lambda event: emit(replace(event, phase=phase))) if self.place.main else (lambda event: None)
         self.checkpoint_path = checkpoint if self.place.main else None
         self.state = StageState()
         self._sums: dict[str, torch.Tensor] = {}  # loss sums of the current epoch, on the device
@@ -189,7 +140,7 @@ class Trainer:
         the student holds its best-validation weights and `on_stage_end(index, model, result)`
         returns the entry recorded for it. Returns those entries; raises Stopped on a signal."""
         if resume is not None:
-            self._restore(resume)
+            self.state = restore(resume, self.student)
         with self._signals():
             while self.state.stage < len(self.stages):
                 index = self.state.stage
@@ -234,9 +185,8 @@ class Trainer:
         eval_batch = min(EVAL_BATCH, stage.batch_size // place.world)
         best = resume.get("best") if resume is not None else None
         self._sums = {k: torch.tensor(v, dtype=torch.float64, device=place.device) for k, v in self.state.sums.items()}
-        self.emit({"event": "stage", "stage": index, "stages": len(self.stages), "mode": stage.mode,
-                   "epochs": stage.epochs, "steps_per_epoch": steps, "device": place.name,
-                   "processes": place.world})
+        self.emit(events.Stage(stage=index, stages=len(self.stages), mode=stage.mode, epochs=stage.epochs,
+                               steps_per_epoch=steps, device=place.name, processes=place.world))
         self._run_start, self._steps_timed = time.perf_counter(), 0
         while self.state.epoch < stage.epochs:
             epoch = self.state.epoch
@@ -267,27 +217,26 @@ class Trainer:
                 if save or stop:
                     self._save(optimizer, scheduler, best, scaler)
                 if stop:
-                    self.emit({"event": "stopped", "reason": "signal", "stage": index, "epoch": epoch,
-                               "step": self.state.step})
+                    self.emit(events.Stopped(reason="signal", stage=index, epoch=epoch, step=self.state.step))
                     raise Stopped(f"stopped at stage {index + 1} ({stage.mode}), epoch {epoch + 1}, "
                                   f"batch {self.state.step}/{steps}")
             scheduler.step()
-            averages = dict(zip(self._sums, (self._mean(torch.stack(list(self._sums.values()))) / steps).tolist()))
+            averages = dict(zip(self._sums, (mean_over(place, torch.stack(list(self._sums.values()))) / steps).tolist()))
             val = self._accuracy(model, self.data.val, eval_batch, index)
             if val is not None and (self.state.best_val is None or val >= self.state.best_val):
                 self.state.best_val, self.state.best_epoch = val, epoch + 1
                 best = copy.deepcopy(model.state_dict())
             self.state.epoch, self.state.step, self._sums = epoch + 1, 0, {}
-            self.emit({"event": "epoch", "stage": index, "mode": stage.mode, "epoch": epoch + 1,
-                       "epochs": stage.epochs, "loss": averages.pop("loss"), "losses": averages, "val_acc": val,
-                       "best_val": self.state.best_val, "lr": optimizer.param_groups[0]["lr"]})
+            self.emit(events.Epoch(stage=index, mode=stage.mode, epoch=epoch + 1, epochs=stage.epochs,
+                                   loss=averages.pop("loss"), losses=averages, val_acc=val,
+                                   best_val=self.state.best_val, lr=optimizer.param_groups[0]["lr"]))
             self._save(optimizer, scheduler, best, scaler)
         if best is not None:
             model.load_state_dict(best)
         test = self._accuracy(model, self.data.test, eval_batch, index)
         result = {"mode": stage.mode, "epochs": stage.epochs, "best_val": self.state.best_val,
                   "best_epoch": self.state.best_epoch, "test_acc": test}
-        self.emit({"event": "stage_end", "stage": index, **result})
+        self.emit(events.StageEnd(stage=index, **result))
         return result
 
     def _step(self, wrapped, model, stage, pivots, optimizer, scaler, amp, indices, seed):
@@ -310,7 +259,7 @@ class Trainer:
                 self._fail(exc, stage)
                 loss, terms = None, {}
         if self.place.world > 1:
-            self._sync_gradients(model)
+            sync_gradients(model, self.place.world, self._failure is not None)
         if self._failure is None:
             try:
                 scaler.step(optimizer)
@@ -318,7 +267,7 @@ class Trainer:
             except (torch.OutOfMemoryError, RuntimeError) as exc:
                 self._fail(exc, stage)
         if self.place.world > 1:
-            self._sync_buffers(model)
+            sync_buffers(model)
         return loss, terms
 
     def _fail(self, exc: BaseException, stage: FinetuneStage) -> None:
@@ -329,7 +278,7 @@ class Trainer:
             code = NOT_DETERMINISTIC
         else:
             raise exc
-        self._failure = (code, self.state.step + 1, str(exc).strip().splitlines()[0] if str(exc).strip() else "")
+        self._failure = (code, self.state.step + 1, first_line(exc))
         if self.place.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -351,25 +300,15 @@ class Trainer:
         """Share every process's stop request, failure and loss sum (one all-reduce). Raises
         the same error on every process when one failed or the loss is not finite (before
         anything is saved from it); returns whether to stop."""
-        world, rank = self.place.world, self.place.rank
-        status = torch.zeros(2 + 2 * world, dtype=torch.float64, device=self.place.device)
-        status[0] = float(asked)
-        if "loss" in self._sums:
-            status[1] = self._sums["loss"]
-        if self._failure is not None:
-            status[2 + rank], status[2 + world + rank] = self._failure[0], self._failure[1]
-        if world > 1:
-            dist.all_reduce(status)
-        values = status.tolist()
-        for r in range(world):
-            if values[2 + r]:
-                batch = int(values[2 + world + r])
-                message = str(self._failure_error(index, int(values[2 + r]), r,
-                                                  f"at stage {index + 1}, epoch {epoch + 1}, batch {batch}"))
-                self.emit({"event": "failed", "message": message})
-                raise WorkbenchError(message)
-        self._check_finite(index, epoch, values[1])
-        return values[0] > 0
+        stop, loss, failed = exchange_status(self.place, asked, self._sums.get("loss", 0.0),
+                                             self._failure[:2] if self._failure is not None else None)
+        for rank, code, batch in failed[:1]:
+            when = f"at stage {index + 1}, epoch {epoch + 1}, batch {batch}"
+            message = str(self._failure_error(index, code, rank, when))
+            self.emit(events.Failed(message=message))
+            raise WorkbenchError(message)
+        self._check_finite(index, epoch, loss)
+        return stop
 
     def _optimizer(self, model: nn.Module, stage: FinetuneStage, pivots) -> torch.optim.SGD:
         """SGD over the trainable parameters. In aux mode the paper steps one optimizer per loss
@@ -392,42 +331,14 @@ class Trainer:
         """The module that trains: the model, with SyncBatchNorm on several GPUs, starting from
         rank 0's weights. No DistributedDataParallel: its exchanges run inside forward and
         backward, where a failure on one process would leave the others waiting, so the
-        gradients are averaged after backward (`_sync_gradients`). Parameters no loss
+        gradients are averaged after backward (`sync_gradients`). Parameters no loss
         reaches (outside every aux segment, or unused) keep no gradient on any process."""
         if self.place.world == 1:
             return model
         if self.place.device.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        for tensors in _by_dtype([*model.parameters(), *model.buffers()]):
-            flat = torch.cat([t.detach().reshape(-1) for t in tensors])
-            dist.broadcast(flat, 0)
-            with torch.no_grad():
-                for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
-                    t.copy_(part.view_as(t))
+        broadcast_from_main(model)
         return model
-
-    def _sync_gradients(self, model: nn.Module) -> None:
-        """Average the gradients over the processes (one all-reduce per dtype). A parameter
-        without a gradient sends zeros and stays without one; a failed process sends zeros."""
-        params = [p for p in model.parameters() if p.requires_grad]
-        failed = self._failure is not None
-        for group in _by_dtype(params):
-            flat = torch.cat([(p.grad if p.grad is not None and not failed else torch.zeros_like(p)).reshape(-1)
-                              for p in group])
-            dist.all_reduce(flat)
-            flat /= self.place.world
-            for p, part in zip(group, flat.split([p.numel() for p in group])):
-                if p.grad is not None:
-                    p.grad.copy_(part.view_as(p))
-
-    def _sync_buffers(self, model: nn.Module) -> None:
-        """Rank 0's buffers (BatchNorm running statistics) on every process, as
-        DistributedDataParallel's broadcast_buffers keeps them."""
-        for group in _by_dtype(list(model.buffers())):
-            flat = torch.cat([b.reshape(-1) for b in group])
-            dist.broadcast(flat, 0)
-            for b, part in zip(group, flat.split([b.numel() for b in group])):
-                b.copy_(part.view_as(b))
 
     def _autocast(self, stage: FinetuneStage):
         if stage.amp == "off":
@@ -484,22 +395,14 @@ class Trainer:
         now = time.perf_counter()
         images = (self.state.step - last_log[1]) * stage.batch_size
         per_step = (now - self._run_start) / max(self._steps_timed, 1)
-        packed = self._mean(torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())]))
+        packed = mean_over(self.place,
+                           torch.stack([loss.detach().float(), *(v.detach().float() for v in terms.values())]))
         loss, values = packed[0], dict(zip(terms, packed[1:].tolist()))
-        self.emit({"event": "step", "stage": index, "mode": stage.mode, "epoch": epoch, "step": self.state.step,
-                   "steps_per_epoch": steps, "global_step": epoch * steps + self.state.step,
-                   "loss": float(loss.detach()), "losses": values, "lr": optimizer.param_groups[0]["lr"],
-                   "images_per_s": images / max(now - last_log[0], 1e-9),
-                   "eta_s": per_step * self._remaining_steps(index, epoch, steps)})
+        self.emit(events.Step(stage=index, mode=stage.mode, epoch=epoch, step=self.state.step, steps_per_epoch=steps,
+                              global_step=epoch * steps + self.state.step, loss=float(loss.detach()), losses=values,
+                              lr=optimizer.param_groups[0]["lr"], images_per_s=images / max(now - last_log[0], 1e-9),
+                              eta_s=per_step * self._remaining_steps(index, epoch, steps)))
         return now, self.state.step
-
-    def _mean(self, values: torch.Tensor) -> torch.Tensor:
-        """The mean of `values` over the processes (itself in a single process)."""
-        if self.place.world > 1:
-            values = values.clone()
-            dist.all_reduce(values)
-            values /= self.place.world
-        return values
 
     def _remaining_steps(self, index: int, epoch: int, steps: int) -> int:
         left = steps - self.state.step + (self.stages[index].epochs - epoch - 1) * steps
@@ -513,7 +416,7 @@ class Trainer:
             message = (f"the {stage.mode} loss became {total} at stage {index + 1}, epoch {epoch + 1}, "
                        f"by batch {self.state.step}: lower {section(self.phase, index)}.lr (now {stage.lr}); "
                        "the last good checkpoint is kept")
-            self.emit({"event": "failed", "message": message})
+            self.emit(events.Failed(message=message))
             raise WorkbenchError(message)
 
     @torch.no_grad()
@@ -542,42 +445,18 @@ class Trainer:
         for r, code in enumerate(counts[2:].tolist()):
             if code:
                 message = str(self._failure_error(index, int(code), r, f"while evaluating (batches of {batch})"))
-                self.emit({"event": "failed", "message": message})
+                self.emit(events.Failed(message=message))
                 raise WorkbenchError(message)
         return float(counts[0] / counts[1])
 
     def _save(self, optimizer, scheduler, best: dict | None = None, scaler=None) -> None:
-        """Write the checkpoint atomically (rank 0): weights, optimizer, schedule, fp16 gradient
-        scaler, progress."""
+        """Write the checkpoint (rank 0) and say so."""
         if self.checkpoint_path is None:
             return
-        sched = scheduler.state_dict() if scheduler is not None else None
-        if sched is not None:
-            sched["milestones"] = dict(sched["milestones"])
+        save_checkpoint(self.checkpoint_path, self.state, self._sums, self.student, best, optimizer, scheduler,
+                        scaler)
         s = self.state
-        document = {
-            "version": CHECKPOINT_VERSION, "stage": s.stage, "epoch": s.epoch, "step": s.step,
-            "best_val": s.best_val, "best_epoch": s.best_epoch,
-            "sums": {k: float(v) for k, v in self._sums.items()}, "completed": list(s.completed),
-            "model": self.student.state_dict(), "best": best,
-            "optimizer": optimizer.state_dict() if optimizer is not None else None, "scheduler": sched,
-            "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
-        }
-        with atomic_path(self.checkpoint_path) as tmp:
-            torch.save(document, tmp)
-        self.emit({"event": "checkpoint", "stage": s.stage, "epoch": s.epoch, "step": s.step})
-
-    def _restore(self, document: dict) -> None:
-        if document.get("version") != CHECKPOINT_VERSION:
-            raise WorkbenchError(f"the checkpoint has version {document.get('version')}, this workbench reads "
-                                 f"{CHECKPOINT_VERSION}: start the run again without --resume")
-        try:
-            self.student.load_state_dict(document["model"])
-        except RuntimeError as exc:
-            raise WorkbenchError("the checkpoint does not fit the compressed model (was the session changed?): "
-                                 f"{str(exc).splitlines()[0]}") from None
-        self.state = StageState(document["stage"], document["epoch"], document["step"], document["best_val"],
-                                document["best_epoch"], dict(document["sums"]), list(document["completed"]))
+        self.emit(events.Checkpoint(stage=s.stage, epoch=s.epoch, step=s.step))
 
     def _signals(self):
         """SIGTERM and SIGINT request a clean stop while training (main thread only)."""
@@ -589,24 +468,3 @@ class Trainer:
             stack.callback(signal.signal, sig, previous)
         return stack
 
-
-def _by_dtype(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:
-    """`tensors` grouped by dtype (one flat exchange per group)."""
-    groups: dict[torch.dtype, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.dtype, []).append(t)
-    return list(groups.values())
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A training checkpoint, read safely (weights_only)."""
-    try:
-        document = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise WorkbenchError(f"nothing to resume: {path} does not exist (run without --resume)") from None
-    except Exception as exc:
-        raise WorkbenchError(f"cannot read the checkpoint {path} ({type(exc).__name__}); it is damaged: "
-                             "start the run again without --resume") from None
-    if not isinstance(document, dict) or "model" not in document:
-        raise WorkbenchError(f"{path} is not a fine-tuning checkpoint of this workbench")
-    return document

@@ -1,1 +1,1 @@
-"""Model zoo (CIFAR ResNet/MobileNet, torchvision, user factories) and checkpoint import."""
+"""Models: one family module per kind of model (core.models.family), building, checkpoint import."""

@@ -3,26 +3,24 @@
 Formats read: safetensors (ours carry the `Arch` as JSON in the metadata key
 `workbench_arch`); torch files (zip or legacy, CUDA-saved or not) holding a state dict, a
 wrapper such as `{'state_dict': ...}` or the reference `{'cfg': [...], 'state_dict': ...}`;
-and files that pickle whole model objects. Those are read by an inert unpickler that knows
-torch's tensor-rebuild functions and a few containers and turns every other class into a
-`Placeholder` that only stores data, so no code named by the file runs; only `trust_pickle`
-loads them with their own code (`torch.load(weights_only=False)`).
+and files that pickle whole model objects. Those are read by the inert unpickler
+(core.models.inert_pickle), so no code named by the file runs; only `trust_pickle` loads them
+with their own code (`torch.load(weights_only=False)`).
 
-Decomposed convs are recognised by their keys `<path>.<name>-0/-1/-2.weight` (Tucker-2 or
-CP3, see METHOD.md) and rebuilt as `nn.Sequential` from the tensor shapes.
+Which model a file fits is its family's answer (core.models.family): a bare state dict's
+keys name it, and a width list is read off its BN shapes. Decomposed layers are rebuilt as
+core.models.decomposed_layout describes.
 """
 
 from __future__ import annotations
 
-import _compat_pickle
 import importlib.util
 import json
 import pickle
 import re
-import sys
 import warnings
 import zipfile
-from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,13 +29,18 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from core import demo
 from core.atomic import atomic_path
-from core.errors import WorkbenchError
-from core.models import zoo
-from core.models.cifar_mobilenet import v1_cfg_from_state_dict, v2_cfg_from_state_dict
-from core.models.cifar_resnet import cfg_from_state_dict, depth_from_state_dict
-from core.models.zoo import Arch
+from core.errors import WorkbenchError, describe
+from core.models import demo, zoo
+from core.models.arch import Arch
+from core.models.decomposed_layout import decomposed_convs, rebuild_decomposed
+from core.models.family import family_of, recognise
+from core.models.inert_pickle import Placeholder, code_names, inert_load, module_tensors
+from core.models.names import DEMO
+from core.models.pruning_history import HISTORY, rebuild_structure
+
+__all__ = ["ARCH_KEY", "PICKLE_HINT", "Checkpoint", "Loaded", "Placeholder", "decomposed_convs", "inert_load",
+           "load_model", "read_checkpoint", "rebuild_decomposed", "save_model"]
 
 ARCH_KEY = "workbench_arch"
 FORMATS = {
@@ -56,13 +59,9 @@ TRUST_HINT = ("if the class comes from a package you trust and can import, --tru
               "package's code; a session records the need as trust_pickle = true)")
 MODEL_HINT = "pass --model NAME (the architecture, e.g. resnet56; in a session: [model] name)"
 PICKLE_HINT = f"{MODEL_HINT} or, {TRUST_HINT}"
-# standard-library modules a checkpoint may name as plain data; any other one it calls is code
-DATA_MODULES = {"collections", "copyreg", "_codecs", "codecs", "argparse", "datetime", "decimal", "fractions",
-                "enum", "numbers", "pathlib", "uuid"}
 MAX_PARAMS = 1 << 31  # parameters of a model built to fit a checkpoint: 8 GiB of float32
 KIND_NAMES = {"tucker2": "Tucker-2", "cp3": "CP3", "svd": "truncated-SVD"}
 MAX_DETAIL_LINES = 20
-_DECOMPOSED_KEY = re.compile(r"^((?:.+\.)?([^.]+))\.\2-0\.weight$")
 
 
 @dataclass
@@ -89,116 +88,6 @@ class Loaded:
     notes: list[str] = field(default_factory=list)
 
 
-# ----------------------------------------------------------------------------- inert reader
-
-
-class Placeholder:
-    """Stands in for any class a pickle names: accepts any arguments, keeps them, runs nothing."""
-
-    qualname = "?"
-    dump_patches = False  # torch's legacy loader reads this on module classes
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.args, obj.state = args, None
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def _tensor(storage, offset, size, stride, *_ignored):
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise pickle.UnpicklingError("tensor data is not a torch storage")
-    return torch._utils._rebuild_tensor(storage, offset, tuple(size), tuple(stride))
-
-
-def _parameter(data, *_ignored):
-    return data  # requires_grad, hooks and extra state are dropped: only the values matter
-
-
-_ALLOWED = {
-    ("collections", "OrderedDict"): OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("torch", "Size"): torch.Size,
-    ("torch._utils", "_rebuild_tensor"): _tensor,
-    ("torch._utils", "_rebuild_tensor_v2"): _tensor,
-    ("torch._utils", "_rebuild_parameter"): _parameter,
-    ("torch._utils", "_rebuild_parameter_with_state"): _parameter,
-}
-
-
-class _InertUnpickler(pickle.Unpickler):
-    """Resolves only `_ALLOWED` names and torch dtypes; anything else becomes a Placeholder.
-
-    torch.load wraps this class and resolves storage types (`torch.FloatStorage`, ...)
-    itself before calling `find_class`.
-    """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.placeholders: dict[str, type] = {}
-
-    def find_class(self, module, name):
-        # protocol-2 pickles name Python 2 modules (`__builtin__.set`); map them as pickle does
-        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
-        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
-        allowed = _ALLOWED.get((module, name))
-        if allowed is not None:
-            return allowed
-        if module == "torch" and isinstance(vars(torch).get(name), torch.dtype):
-            return vars(torch)[name]
-        qualname = f"{module}.{name}"
-        if qualname not in self.placeholders:
-            self.placeholders[qualname] = type(name, (Placeholder,), {"qualname": qualname})
-        return self.placeholders[qualname]
-
-
-class _InertPickle:
-    """The `pickle_module` handed to torch.load for inert reads."""
-
-    Unpickler = _InertUnpickler
-
-    @staticmethod
-    def load(file, **kwargs):
-        return _InertUnpickler(file, **kwargs).load()
-
-
-def inert_load(path: Path, named: set[str] | None = None) -> object:
-    """Unpickle a torch file without running any code it names (classes become Placeholders);
-    `named` collects the qualified names of those placeholders."""
-    named = set() if named is None else named
-
-    class Recording(_InertUnpickler):
-        def find_class(self, module, name):
-            found = super().find_class(module, name)
-            if isinstance(found, type) and issubclass(found, Placeholder):
-                named.add(found.qualname)
-            return found
-
-    class Module(_InertPickle):
-        Unpickler = Recording
-
-        @staticmethod
-        def load(file, **kwargs):
-            return Recording(file, **kwargs).load()
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.load(path, map_location="cpu", weights_only=False, pickle_module=Module)
-
-
-def code_names(named: set[str]) -> list[str]:
-    """The names a pickle would call that are code, not data: standard-library callables
-    (os.system, builtins.exec, subprocess.Popen, ...) outside DATA_MODULES."""
-    return sorted(n for n in named if n.split(".")[0] in sys.stdlib_module_names
-                  and n.split(".")[0] not in DATA_MODULES)
-
-
 def pickle_hint(pickled: str | None, code: list[str]) -> str:
     """What to do about a pickle read inertly: never --trust-pickle for one that holds code;
     for a class, --trust-pickle only when its package can be imported here."""
@@ -214,26 +103,6 @@ def pickle_hint(pickled: str | None, code: list[str]) -> str:
         return PICKLE_HINT
     return (f"{MODEL_HINT}; --trust-pickle (trust_pickle = true in a session) would need its package {package} "
             "importable here, and runs that package's code: only for a file you trust")
-
-
-def _module_tensors(obj: Placeholder, prefix: str = "", seen: set | None = None):
-    """(name, tensor) of a pickled nn.Module's parameters and persistent buffers, as state_dict."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen or not isinstance(obj.state, dict):
-        return
-    seen.add(id(obj))
-    state = obj.state
-    skip = state.get("_non_persistent_buffers_set")
-    skip = skip if isinstance(skip, (set, frozenset)) else set()
-    for group in ("_parameters", "_buffers"):
-        entries = state.get(group)
-        for name, value in (entries.items() if isinstance(entries, dict) else ()):
-            if isinstance(value, torch.Tensor) and not (group == "_buffers" and name in skip):
-                yield f"{prefix}{name}", value
-    children = state.get("_modules")
-    for name, child in (children.items() if isinstance(children, dict) else ()):
-        if isinstance(child, Placeholder):
-            yield from _module_tensors(child, f"{prefix}{name}.", seen)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -331,11 +200,25 @@ def _read_safetensors(path: Path) -> Checkpoint:
     return _checkpoint(tensors, "safetensors", arch.cfg if arch else None, arch)
 
 
+@contextmanager
+def _no_init():
+    """torch.nn.init's functions as no-ops while a shapes-only probe is built: drawing random
+    values on the meta device means nothing, and `normal_` there imports torch._dynamo (seconds)."""
+    names = [n for n in dir(nn.init) if n.endswith("_") and not n.startswith("_")]
+    saved = {n: getattr(nn.init, n) for n in names}
+    try:
+        for n in names:
+            setattr(nn.init, n, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for n, fn in saved.items():
+            setattr(nn.init, n, fn)
+
+
 def _first_line(exc: Exception) -> str:
     """The exception's first line; torch's warning that loading with weights_only=False "can
     result in arbitrary code execution" is kept when it comes later in the message."""
-    text = str(exc).strip()
-    line = f"{type(exc).__name__}: {(text.splitlines() or [''])[0][:200]}"
+    text, line = str(exc).strip(), describe(exc)
     caveat = "arbitrary code execution"
     return line if caveat not in text or caveat in line else \
         f"{line} [torch: loading it with weights_only=False can result in {caveat}]"
@@ -371,7 +254,7 @@ def _unwrap(obj: object, path: Path, fmt: str | None, code: list[str] | None = N
         pickled = obj.qualname
         if cfg is None and isinstance(obj.state, dict):
             cfg = obj.state.get("cfg")
-        tensors = dict(_module_tensors(obj))
+        tensors = dict(module_tensors(obj))
     elif isinstance(obj, dict):
         tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
     else:
@@ -394,27 +277,6 @@ def _checkpoint(tensors: dict[str, torch.Tensor], fmt: str, cfg: list[int] | Non
     return Checkpoint(tensors, fmt, cfg, arch, decomposed_convs(tensors), pickled, module)
 
 
-def decomposed_convs(state_dict: dict[str, torch.Tensor]) -> dict[str, str]:
-    """Module path -> "tucker2" | "cp3" (three convs `-0/-1/-2`) or "svd" (two Linear layers
-    `-0/-1`) for every `<path>.<name>-0.weight` key set."""
-    found = {}
-    for key, first in state_dict.items():
-        match = _DECOMPOSED_KEY.match(key)
-        if not match:
-            continue
-        path, name = match.groups()
-        core = state_dict.get(f"{path}.{name}-1.weight")
-        if core is None:
-            continue
-        if f"{path}.{name}-2.weight" not in state_dict:
-            if first.dim() == core.dim() == 2:
-                found[path] = "svd"
-            continue
-        depthwise = core.shape[1] == 1 and core.shape[0] == first.shape[0] != 1
-        found[path] = "cp3" if depthwise else "tucker2"
-    return found
-
-
 # ----------------------------------------------------------------------------- building
 
 
@@ -433,7 +295,7 @@ def load_model(
     the model. The model is returned in eval mode.
     """
     base = None
-    if model == zoo.DEMO:
+    if model == DEMO:
         base = demo.demo_arch()
         model = base.model
         checkpoint = checkpoint if checkpoint is not None or weights else _demo_weights()
@@ -445,7 +307,7 @@ def load_model(
     sd = ckpt.state_dict if ckpt else {}
     if ckpt and ckpt.arch and model in (None, ckpt.arch.model):
         base = ckpt.arch
-    name = model or (base.model if base else None) or _cifar_family(sd)
+    name = model or (base.model if base else None) or recognise(sd)
     inert = ckpt is not None and ckpt.format == "reference-pickle"
     hint = pickle_hint(ckpt.pickled, ckpt.code) if inert else PICKLE_HINT
     if name is None and ckpt and ckpt.module is not None:
@@ -460,20 +322,23 @@ def load_model(
 
     or_trust = (f" or, {TRUST_HINT}" if hint == PICKLE_HINT else f"; {hint}") if inert else ""
     notes = []
-    from_file = None if zoo.is_factory(name) and not zoo.is_family(name) else _num_classes(sd, notes)
+    family = family_of(name)
+    from_file = _num_classes(sd, notes) if family.classes_from_checkpoint else None
     classes = num_classes or from_file or (base.num_classes if base else None)
-    channels = in_channels or _in_channels(sd) or (base.in_channels if base else 3)
+    # the Arch a safetensors file records is exact; guessing from its (alphabetically sorted) keys is not
+    recorded = base.in_channels if base is not None and ckpt and base is ckpt.arch else None
+    channels = in_channels or recorded or _in_channels(sd) or (base.in_channels if base else 3)
     cfg = None
-    if zoo.is_cifar_family(name):
+    if family.widths:
         cfg = (ckpt.cfg if ckpt else None) or (base.cfg if base else None)
         if cfg is None and sd:
-            cfg = _cfg_from_shapes(name, sd)
+            cfg = family.cfg_from_state_dict(name, sd)  # None: not this family's keys, the fit check says so
             if cfg:
                 notes.append("widths (cfg) read from the BN shapes")
     extra = {k: v for k, v in (base.extra if base else {}).items() if k != "decomposed"}
     arch = Arch(model=name, num_classes=classes, in_channels=channels, cfg=cfg, extra=extra)
-    if not zoo.is_factory(name):  # user code is not run twice
-        with torch.device("meta"):  # shapes only: nothing is allocated
+    if family.probe:  # user and library code is not run twice
+        with torch.device("meta"), _no_init():  # shapes only: nothing is allocated or drawn
             probe = _build(arch, checkpoint, or_trust)
             if ckpt is not None:
                 rebuild_decomposed(probe, sd, ckpt.decomposed)
@@ -486,7 +351,7 @@ def load_model(
         if ckpt is not None:
             _check_fit(probe, sd, Path(checkpoint).name, name, or_trust)
     net = _build(arch, checkpoint, or_trust)
-    if zoo.is_cifar_family(name):
+    if family.widths:
         arch.cfg = list(net.cfg)
 
     if ckpt is None:
@@ -510,9 +375,7 @@ def _build(arch: Arch, checkpoint, or_trust: str) -> nn.Module:
     """`zoo.build(arch)` with its pruned structure; sizes it cannot build are one line."""
     try:
         net = zoo.build(arch)
-        if arch.extra.get("pruning_history"):
-            from core.prune.surgery import rebuild_structure  # lazy: core.prune imports this package
-
+        if arch.extra.get(HISTORY):
             net = rebuild_structure(net, arch)
     except WorkbenchError:
         raise
@@ -544,19 +407,6 @@ def _demo_weights() -> Path:
     return demo.DEMO_WEIGHTS
 
 
-def _cifar_family(sd: dict[str, torch.Tensor]) -> str | None:
-    depth = depth_from_state_dict(sd)
-    if depth:
-        return f"resnet{depth}"
-    if "linear.weight" not in sd:
-        return None
-    if any(k.startswith("layers.0.conv3.") for k in sd):
-        return "mobilenet_v2_cifar"
-    if any(k.startswith("layers.0.conv2.") for k in sd):
-        return "mobilenet_v1_cifar"
-    return None
-
-
 def _num_classes(sd: dict[str, torch.Tensor], notes: list[str]) -> int | None:
     key = next((k for k in reversed(sd) if k.endswith("weight") and sd[k].dim() == 2), None)
     if key is None:
@@ -567,57 +417,6 @@ def _num_classes(sd: dict[str, torch.Tensor], notes: list[str]) -> int | None:
 
 def _in_channels(sd: dict[str, torch.Tensor]) -> int | None:
     return next((int(v.shape[1]) for k, v in sd.items() if k.endswith("weight") and v.dim() == 4), None)
-
-
-def _cfg_from_shapes(name: str, sd: dict[str, torch.Tensor]) -> list[int] | None:
-    try:
-        if name == "mobilenet_v1_cifar":
-            return v1_cfg_from_state_dict(sd)
-        if name == "mobilenet_v2_cifar":
-            return v2_cfg_from_state_dict(sd)
-        return cfg_from_state_dict(sd, int(name[len("resnet"):]))
-    except KeyError:
-        return None  # not this family's keys: the fit check reports them
-
-
-def rebuild_decomposed(model: nn.Module, sd: dict[str, torch.Tensor], decomposed: dict[str, str]) -> dict[str, str]:
-    """Replace each listed conv (Linear, for "svd") by the Sequential its `-0/-1/-2` tensors describe.
-
-    Stride, padding, dilation and padding mode come from the original conv; channel counts
-    and ranks from the tensors. Convs whose tensors do not fit stay as they are (the fit
-    check then reports them). Returns the paths actually rebuilt.
-    """
-    done = {}
-    for path, kind in decomposed.items():
-        try:
-            conv = model.get_submodule(path)
-        except AttributeError:
-            continue
-        name = path.rsplit(".", 1)[-1]
-        parent = model.get_submodule(path.rpartition(".")[0])
-        if kind == "svd":
-            w0, w1 = (sd[f"{path}.{name}-{i}.weight"] for i in range(2))
-            if isinstance(conv, nn.Linear) and w0.shape[1] == conv.in_features and w1.shape[0] == conv.out_features:
-                setattr(parent, name, nn.Sequential(OrderedDict(
-                    (f"{name}-{i}", nn.Linear(w.shape[1], w.shape[0], bias=f"{path}.{name}-{i}.bias" in sd))
-                    for i, w in enumerate((w0, w1)))))
-                done[path] = kind
-            continue
-        w0, w1, w2 = (sd[f"{path}.{name}-{i}.weight"] for i in range(3))
-        if not isinstance(conv, nn.Conv2d) or conv.groups != 1 or w0.shape[1] != conv.in_channels \
-                or w2.shape[0] != conv.out_channels:
-            continue
-        groups = w1.shape[0] if kind == "cp3" else 1
-        seq = nn.Sequential(OrderedDict([
-            (f"{name}-0", nn.Conv2d(w0.shape[1], w0.shape[0], tuple(w0.shape[2:]), bias=f"{path}.{name}-0.bias" in sd)),
-            (f"{name}-1", nn.Conv2d(
-                w1.shape[1] * groups, w1.shape[0], tuple(w1.shape[2:]), conv.stride, conv.padding, conv.dilation,
-                groups, bias=f"{path}.{name}-1.bias" in sd, padding_mode=conv.padding_mode)),
-            (f"{name}-2", nn.Conv2d(w2.shape[1], w2.shape[0], tuple(w2.shape[2:]), bias=f"{path}.{name}-2.bias" in sd)),
-        ]))
-        setattr(parent, name, seq)
-        done[path] = kind
-    return done
 
 
 def _check_fit(model: nn.Module, sd: dict[str, torch.Tensor], file_name: str, model_name: str,

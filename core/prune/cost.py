@@ -43,12 +43,17 @@ class _Layer:
             x = args[0] if self.transposed else output
             self.positions += x.numel() // x.shape[1]
 
+    def channels(self, keep: dict[str, int], channels: dict[str, int]) -> tuple[int, int]:
+        """(output, input) channels with `keep[g]` channels of each group g (missing: whole)."""
+        out = self.out - sum(n * (channels[g] - keep.get(g, channels[g])) // channels[g] for g, n in self.out_deps)
+        inp = self.inp - sum(n * (channels[g] - keep.get(g, channels[g])) // channels[g] for g, n in self.in_deps)
+        return out, inp
+
     def size(self, keep: dict[str, int], channels: dict[str, int]) -> tuple[int, int]:
         """(params, FLOPs) with `keep[g]` channels of each group g (missing: whole)."""
-        out = self.out - sum(n * (channels[g] - keep.get(g, channels[g])) // channels[g] for g, n in self.out_deps)
+        out, inp = self.channels(keep, channels)
         if self.kind == "vector":
             return self.vectors * out, 0
-        inp = self.inp - sum(n * (channels[g] - keep.get(g, channels[g])) // channels[g] for g, n in self.in_deps)
         weight = out * self.taps * (1 if self.kind == "depthwise" else inp)
         return weight + (out if self.bias else 0), 2 * weight * self.positions
 
@@ -87,6 +92,7 @@ class CostModel:
                     layer.in_deps.append((g.name, e.count))
                 touched[id(e.module)] = layer
         by_id = {id(m): m for m in model.modules()}
+        self._resized = [(by_id[i], layer) for i, layer in layers.items() if layer.kind != "vector"]
         hooks = [by_id[i].register_forward_hook(layer.record) for i, layer in layers.items() if layer.kind != "vector"]
         try:
             flops = count_flops(model, input_shape)
@@ -105,6 +111,11 @@ class CostModel:
             p, f = layer.size(keep_counts, self.channels)
             params, flops = params + p, flops + f
         return params, flops
+
+    def resized(self, keep_counts: dict[str, int]) -> list[tuple[nn.Module, int, int]]:
+        """Each conv and linear layer the groups resize, with its (output, input) channels at `keep_counts`."""
+        self._check(keep_counts)
+        return [(module, *layer.channels(keep_counts, self.channels)) for module, layer in self._resized]
 
     def layer_cost(self, name: str, keep: int) -> tuple[int, int]:
         """(params, FLOPs) of the layers group `name` resizes (its conv, BN and the layers reading

@@ -1,26 +1,28 @@
 """Which output channels of a model can be pruned, as channel groups found by torch-pruning.
 
 A group is a root conv's output channels together with every tensor that must shrink with
-them (its BN, the next convs' inputs, depthwise convs that follow). The paper's CIFAR
-families offer exactly the internal channels METHOD.md names; any other model offers what
-torch-pruning's dependency graph finds, by default only groups that meet no residual
-addition or concatenation.
+them (its BN, the next convs' inputs, depthwise convs that follow). A family that names
+its prunable convs (the paper's CIFAR families: the internal channels METHOD.md names) offers
+those; any other model offers what torch-pruning's dependency graph finds, by default only
+groups that meet no residual addition or concatenation.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
 import torch_pruning as tp
 from torch import nn
 from torch_pruning.ops import OPTYPE
 
 from core.errors import WorkbenchError
-from core.models.cifar_resnet import BasicBlock
-from core.models.zoo import Arch, is_cifar_family
+from core.models.arch import Arch
+from core.models.family import family_of
+from core.models.pruning_history import dependency_graph
+
+__all__ = ["ChannelGroup", "Effect", "dependency_graph", "graph_groups", "group_effects", "prunable_groups",
+           "unsupported_layers"]
 
 # torch-pruning ops that pass channels through unchanged and hold no weights
 PASSIVE = (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT, OPTYPE.RESHAPE)
@@ -45,29 +47,6 @@ class Effect:
     node: object    # its torch_pruning Node
     role: str       # "out", "in" or "both" (channel-wise layers: BN, depthwise convs, ops)
     count: int      # its channels (or features) removed when the group's channels all go
-
-
-def dependency_graph(model: nn.Module, input_shape: Sequence[int], label: str | None = None) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of `model`, traced on one zero image of `input_shape`."""
-    was_training = model.training
-    param = next(model.parameters(), None)
-    example = torch.zeros(1, *input_shape, device=param.device if param is not None else "cpu")
-    try:
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return tp.DependencyGraph().build_dependency(model, example, verbose=False)
-    except Exception as exc:  # user models fail in many ways; the user sees one line
-        raise WorkbenchError(
-            f"torch-pruning cannot trace {label or type(model).__name__} on a {tuple(input_shape)} input "
-            f"({describe(exc)}); check the input shape, or keep the offending layers whole with ignore"
-        ) from None
-    finally:
-        model.train(was_training)
-
-
-def describe(exc: Exception) -> str:
-    """`Type: first line of the message`, for one-line errors."""
-    return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:200]}"
 
 
 def group_effects(dg: tp.DependencyGraph, conv: nn.Conv2d) -> list[Effect]:
@@ -121,7 +100,8 @@ def graph_groups(dg: tp.DependencyGraph, model: nn.Module, arch: Arch, coupled: 
     layer_ids = {name: i for i, name in enumerate(convs, 1)}
     order = {id(m): i for i, (_, m) in enumerate(modules)}
     names = {id(m): name for name, m in modules}
-    roots = _cifar_roots(model, arch) if is_cifar_family(arch.model) else convs
+    roots = family_of(arch).prunable_roots(model)
+    roots = convs if roots is None else roots
     grouped: set[int] = set()  # convs whose output channels already belong to a group
     groups = []
     for name in roots:
@@ -140,16 +120,6 @@ def graph_groups(dg: tp.DependencyGraph, model: nn.Module, arch: Arch, coupled: 
         groups.append(ChannelGroup(name, conv.out_channels, layer_ids[name], is_coupled,
                                    [name] + [names[i] for i in members]))
     return groups
-
-
-def _cifar_roots(model: nn.Module, arch: Arch) -> list[str]:
-    """METHOD.md's internal channels: ResNet block conv1; MobileNet v1 pointwise of every block
-    but the last; MobileNet v2 expansion conv of every block."""
-    if arch.model == "mobilenet_v1_cifar":
-        return [f"layers.{i}.conv2" for i in range(len(model.layers) - 1)]
-    if arch.model == "mobilenet_v2_cifar":
-        return [f"layers.{k}.conv1" for k in range(len(model.layers))]
-    return [f"{name}.conv1" for name, m in model.named_modules() if isinstance(m, BasicBlock)]
 
 
 def _depthwise(conv: nn.Conv2d) -> bool:

@@ -15,11 +15,11 @@ from core.prune.cost import CostModel
 from core.prune.groups import ChannelGroup, prunable_groups
 from core.prune.peer import flops_target_keep
 from core.prune.scores import filter_scores, keep_indices
+from core.prune.settings import PruneSection
 from core.prune.strategies import (
     T_FACTOR, Smoothing, StagePlan, default_coef, default_smoothing, global_threshold_keep, keep_count, layer_t,
     p5_plan, prune_ratio, reference_row, round_keep, stage_ratios, strategy_t,
 )
-from core.session import PruneSection, load_session
 from core.stats import NetworkStats, network_stats
 
 
@@ -33,11 +33,19 @@ class LayerPlan:
     statistic: float | None  # the layer's T value for P1-P3, else None
     source: str              # the strategy's name, "override" or "skip"
     kept: list[int] = field(default_factory=list)
+    time_ms: tuple[float, float] | None = None  # its conv's measured time before, after (core.layer_times)
 
     @property
     def achieved(self) -> float:
         """Fraction of filters actually removed (after flooring, clamping and rounding)."""
         return 1 - self.keep / self.channels
+
+    @property
+    def slower(self) -> str | None:
+        """`slower: 0.31 -> 0.38 ms` when its measured time goes up."""
+        if self.time_ms is None or self.time_ms[1] <= self.time_ms[0]:
+            return None
+        return f"slower: {self.time_ms[0]:.3f} -> {self.time_ms[1]:.3f} ms"
 
 
 @dataclass
@@ -49,6 +57,8 @@ class PrunePlan:
     params: tuple[int, int]  # before, after
     flops: tuple[int, int]
     smoothing: Smoothing | None = None  # the P2/P3 constants used (P1-P3)
+    latency_ms: tuple[float, float] | None = None  # measured before, predicted after (core.layer_times)
+    timing: tuple[str, int] | None = None          # the device and batch size the times are for
 
     def keep(self) -> dict[str, list[int]]:
         return {layer.name: layer.kept for layer in self.layers}
@@ -72,6 +82,7 @@ class Planner:
         self._stats = stats
         self._modules = dict(model.named_modules())
         self._scores: dict[tuple[str, int], dict] = {}
+        self.timing = ("cpu", 1)  # device and batch size of the per-layer times (core.layer_times)
 
     @property
     def stats(self) -> NetworkStats:
@@ -107,19 +118,33 @@ class Planner:
             default = (min(finite), max(finite)) if finite else (math.nan, math.nan)
         return (s.tmin if s.tmin is not None else default[0], s.tmax if s.tmax is not None else default[1])
 
-    def plan(self, s: PruneSection) -> PrunePlan:
+    def check(self, s: PruneSection) -> None:
+        """What `s` names must fit this model's structure (layers, P5 skips, keep counts, the
+        session torch-pruning matches); checked without computing any statistic."""
         names = [g.name for g in self.groups]
         for name in s.layers:
             if name not in names:
                 raise WorkbenchError(f"prune.layers: '{name}' is not a prunable layer of {self.arch.model} "
                                      f"(prunable: {', '.join(names[:6])}{', ...' if len(names) > 6 else ''})")
         if s.strategy == "torch-pruning":
-            return self._peer_plan(s)
+            if s.flops is None:
+                self._matched(s)
+            return
         convs = sum(isinstance(m, nn.Conv2d) for m in self.model.modules())
         outside = [i for i in s.skip if not 1 <= i <= convs] if s.strategy == "P5" else []
         if outside:
             raise WorkbenchError(f"prune.skip: {outside} are not layer ids of {self.arch.model} (its conv layers "
                                  f"are 1..{convs}, counted in order)")
+        for g in self.groups:
+            choice = s.layers.get(g.name)
+            if choice is not None and choice.keep is not None and choice.keep > g.channels:
+                raise WorkbenchError(f"prune.layers.{g.name}.keep: {choice.keep} is more than its "
+                                     f"{g.channels} channels")
+
+    def plan(self, s: PruneSection) -> PrunePlan:
+        self.check(s)
+        if s.strategy == "torch-pruning":
+            return self._peer_plan(s)
         ratios, stat, t_range, coef, counts = self._strategy(s)
         skips = set(self._stage_plan(s).skip) if s.strategy == "P5" else set()
         scores = self.scores(s.metric, s.seed)
@@ -128,9 +153,6 @@ class Planner:
             choice = s.layers.get(g.name)
             ratio, source = ratios.get(g.name, 0.0), "skip" if g.layer_id in skips else s.strategy
             if choice is not None and choice.keep is not None:
-                if choice.keep > g.channels:
-                    raise WorkbenchError(f"prune.layers.{g.name}.keep: {choice.keep} is more than its "
-                                         f"{g.channels} channels")
                 keep, ratio, source = choice.keep, 1 - choice.keep / g.channels, "override"
             elif choice is not None:
                 ratio, source = choice.ratio, "override"
@@ -151,20 +173,27 @@ class Planner:
         pruning of session `s.flops_of` (an absolute path) keeps of this model (core.prune.peer)."""
         target = s.flops
         if target is None:
-            try:
-                other = load_session(s.flops_of).prune
-            except WorkbenchError as exc:
-                raise WorkbenchError(f"prune.flops_of: {exc}") from None
-            if other is None or other.strategy == "torch-pruning":
-                raise WorkbenchError(f"prune.flops_of: {s.flops_of} has no [prune] section of the method to match "
-                                     "(P1-P5 or manual)")
-            matched = self.plan(other).flops
+            matched = self.plan(self._matched(s)).flops
             target = matched[1] / matched[0]
         keep, _ = flops_target_keep(self, target, s.importance or "group-norm", s.multiple_of)
         layers = [LayerPlan(g.name, g.layer_id, g.channels, len(keep[g.name]), 1 - len(keep[g.name]) / g.channels,
                             None, s.strategy, keep[g.name]) for g in self.groups]
         params, flops = self.cost.cost({layer.name: layer.keep for layer in layers})
         return PrunePlan(s, layers, None, None, (self.baseline[0], params), (self.baseline[1], flops))
+
+    def _matched(self, s: PruneSection) -> PruneSection:
+        """The [prune] of session `s.flops_of`, the method's pruning torch-pruning matches."""
+        # imported here: the session composes this package's settings
+        from core.session import load_session
+
+        try:
+            other = load_session(s.flops_of).prune
+        except WorkbenchError as exc:
+            raise WorkbenchError(f"prune.flops_of: {exc}") from None
+        if other is None or other.strategy == "torch-pruning":
+            raise WorkbenchError(f"prune.flops_of: {s.flops_of} has no [prune] section of the method to match "
+                                 "(P1-P5 or manual)")
+        return other
 
     def _stage_plan(self, s: PruneSection) -> StagePlan:
         if s.stage_ratios is not None:

@@ -10,14 +10,17 @@ import bisect
 import copy
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
 
 from core.errors import WorkbenchError
+from core.models.family import FAMILIES, family_of
 
 STRATEGIES = ("P1", "P2", "P3", "P4", "P5")
-DEFAULT_COEF = {"resnet": 3.7, "mobilenet_v1_cifar": 2.52, "mobilenet_v2_cifar": 2.4}
+# the ResNet scripts' coef, for every model without its own (each family's `coefs`, METHOD.md)
+DEFAULT_COEF = {"resnet": 3.7} | {name: coef for f in FAMILIES for name, coef in f.coefs.items()}
 T_FACTOR = {"P1": 1.0, "P2": 2.0, "P3": 1.0}
 
 
@@ -34,8 +37,7 @@ class Smoothing:
 
 
 RESNET56_SMOOTHING = Smoothing()  # res56prune_normality.py, also the default of every other model
-RESNET110_SMOOTHING = Smoothing(p2_divisor=4.67, p2_factor=1.0, p3_scale=1e15, p3_divisor=25.0)
-FAMILY_SMOOTHING = {"resnet110": RESNET110_SMOOTHING}
+RESNET110_SMOOTHING = Smoothing(**family_of("resnet110").smoothing["resnet110"])  # res110prune_normality.py
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class ScriptRow:
     t_range: dict[str, tuple[float, float]]
 
 
+@cache  # one ScriptRow per row of constants: reference_row returns REFERENCE_ROWS' own
 def _row(coef: float, p1: tuple[float, float], p2: tuple[float, float] | None = None,
          p3: tuple[float, float] | None = None) -> ScriptRow:
     """A row from METHOD.md's (Tmin, span) pairs: Tmax = Tmin + span."""
@@ -55,33 +58,30 @@ def _row(coef: float, p1: tuple[float, float], p2: tuple[float, float] | None = 
                             ((k, v) for k, v in given.items() if v is not None)})
 
 
-REFERENCE_ROWS: dict[tuple[str, str], ScriptRow] = {  # (model, data set) -> its pruning script's row
-    ("resnet56", "cifar10"): _row(3.7, (0.905, 0.095), (0.01, 0.72), (0.03, 0.46)),
-    ("resnet110", "cifar10"): _row(3.159, (0.875, 0.121), (0.0, 0.69), (0.02, 0.5)),
-    ("mobilenet_v1_cifar", "cifar10"): _row(2.52, (0.55, 0.45)),
-    ("mobilenet_v2_cifar", "cifar10"): _row(2.4, (0.3, 0.7)),
-    ("resnet56", "cifar100"): _row(8.7, (0.75, 0.2)),
-    ("resnet110", "cifar100"): _row(3.159, (0.8, 0.2)),
-    ("mobilenet_v1_cifar", "cifar100"): _row(4.09, (0.25, 0.75)),
-    ("mobilenet_v2_cifar", "cifar100"): _row(2.2, (0.08, 0.92)),
-}
+# (model, data set) -> its pruning script's row: the built-in families' `reference_rows`
+REFERENCE_ROWS: dict[tuple[str, str], ScriptRow] = {key: _row(*row) for f in FAMILIES
+                                                    for key, row in f.reference_rows.items()}
 
 
 def reference_row(model_name: str, dataset: str | None) -> ScriptRow | None:
-    """The row of the reference script for `model_name` on `dataset` ("cifar10"/"cifar100"), if any."""
-    return REFERENCE_ROWS.get((model_name, dataset or ""))
+    """The row of the reference script for `model_name` on `dataset` ("cifar10"/"cifar100"), if any
+    (the model's family's `reference_rows`)."""
+    row = family_of(model_name).reference_rows.get((model_name, dataset or ""))
+    return _row(*row) if row else None
 
 
 def default_coef(model_name: str, dataset: str | None = None) -> float:
     """The reference `coef`: the family's row for `dataset` (its CIFAR-10 row when the data set is
-    unknown or has no row), else 2.52 / 2.4 for the CIFAR MobileNets v1 / v2 and 3.7 for the rest."""
+    unknown or has no row), else the family's own coef (2.52 / 2.4 for the CIFAR MobileNets v1 / v2),
+    else 3.7."""
     row = reference_row(model_name, dataset) or reference_row(model_name, "cifar10")
-    return row.coef if row else DEFAULT_COEF.get(model_name, DEFAULT_COEF["resnet"])
+    return row.coef if row else family_of(model_name).coefs.get(model_name, DEFAULT_COEF["resnet"])
 
 
 def default_smoothing(model_name: str) -> Smoothing:
-    """The P2/P3 smoothing of the family's script: ResNet-110's own, else ResNet-56's."""
-    return FAMILY_SMOOTHING.get(model_name, RESNET56_SMOOTHING)
+    """The P2/P3 smoothing of the family's script (ResNet-110's own), else ResNet-56's."""
+    fields = family_of(model_name).smoothing.get(model_name)
+    return Smoothing(**fields) if fields else RESNET56_SMOOTHING
 
 
 def layer_t(strategy: str, shapiro_w: float, jb: float, k34: float, smoothing: Smoothing) -> float:
@@ -171,17 +171,13 @@ class StagePlan:
             raise WorkbenchError(f"P5 stage ratios must be between 0 and 1, got {self.ratios}")
 
 
-P5_VARIANTS: dict[str, dict[str, StagePlan]] = {
-    "resnet56": {
-        "A": StagePlan([18, 36], [0.1, 0.1, 0.1], [16, 20, 38, 54]),
-        "B": StagePlan([18, 36], [0.6, 0.3, 0.1], [16, 18, 20, 34, 38, 54]),
-        "C": StagePlan([18, 36], [0.8, 0.5, 0.3], [16, 18, 20, 34, 38, 54]),
-    },
-    "resnet110": {
-        "A": StagePlan([36, 72], [0.5, 0.0, 0.0], [36]),
-        "B": StagePlan([36, 72], [0.5, 0.4, 0.3], [36, 38, 74]),
-    },
-}
+def _stage_plans(variants: dict[str, tuple]) -> dict[str, StagePlan]:
+    return {variant: StagePlan(*copy.deepcopy(plan)) for variant, plan in variants.items()}
+
+
+# model -> variant -> plan: the built-in families' `p5_variants`
+P5_VARIANTS: dict[str, dict[str, StagePlan]] = {name: _stage_plans(variants) for f in FAMILIES
+                                                for name, variants in f.p5_variants.items()}
 
 
 def stage_ratios(layer_ids: dict[str, int], plan: StagePlan) -> dict[str, float]:
@@ -191,11 +187,12 @@ def stage_ratios(layer_ids: dict[str, int], plan: StagePlan) -> dict[str, float]
 
 
 def p5_plan(model_name: str, variant: str) -> StagePlan:
-    """A copy of the reference P5 variant `variant` of `model_name`."""
-    variants = P5_VARIANTS.get(model_name)
+    """A copy of the reference P5 variant `variant` of `model_name` (its family's `p5_variants`)."""
+    variants = family_of(model_name).p5_variants.get(model_name)
     if variants is None:
-        raise WorkbenchError(f"no predefined P5 variants for {model_name} (only {', '.join(P5_VARIANTS)}): "
+        known = [name for f in FAMILIES for name in f.p5_variants]
+        raise WorkbenchError(f"no predefined P5 variants for {model_name} (only {', '.join(known)}): "
                              "give the stage bounds, ratios and skipped layer ids")
     if variant not in variants:
         raise WorkbenchError(f"unknown P5 variant '{variant}' for {model_name}: use one of {', '.join(variants)}")
-    return copy.deepcopy(variants[variant])
+    return _stage_plans({variant: variants[variant]})[variant]

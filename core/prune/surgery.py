@@ -1,10 +1,11 @@
 """Structural pruning with torch-pruning: a genuinely smaller dense copy of the model.
 
 torch-pruning copies the kept filters, BN affine parameters and running statistics, and
-slices the inputs of the layers that read the pruned channels. CIFAR families come back
-with `arch.cfg` set to the new widths (they rebuild from `zoo.build`); any other model
-records torch-pruning's pruning history in `arch.extra`, which `rebuild_structure` replays
-on a freshly built model so a saved pruned model reloads from safetensors alone.
+slices the inputs of the layers that read the pruned channels. Width-list families (the
+paper's CIFAR ones) come back with `arch.cfg` set to the new widths (they rebuild from
+`zoo.build`); any other model records torch-pruning's pruning history in `arch.extra`, which
+`rebuild_structure` (core.models.pruning_history) replays on a freshly built model so a saved
+pruned model reloads from safetensors alone.
 """
 
 from __future__ import annotations
@@ -20,16 +21,18 @@ import torch_pruning as tp
 from torch import nn
 
 from core.atomic import atomic_path
-from core.demo import demo_arch
-from core.errors import WorkbenchError
-from core.measure import default_input_shape
-from core.models.cifar_mobilenet import v1_cfg_from_state_dict, v2_cfg_from_state_dict
-from core.models.cifar_resnet import cfg_from_state_dict
-from core.models.zoo import DEMO, Arch, is_cifar_family
-from core.prune.groups import dependency_graph, describe, graph_groups
+from core.errors import WorkbenchError, describe
+from core.models.arch import Arch
+from core.models.family import family_of
+from core.models.pruning_history import (
+    HISTORY,
+    HISTORY_INPUT,
+    dependency_graph,
+    rebuild_structure,
+)
+from core.prune.groups import graph_groups
 
-HISTORY = "pruning_history"
-HISTORY_INPUT = "pruning_input_shape"
+__all__ = ["HISTORY", "HISTORY_INPUT", "apply_pruning", "rebuild_structure", "save_reference_format"]
 
 
 def apply_pruning(model: nn.Module, arch: Arch, keep: dict[str, list[int]],
@@ -50,38 +53,22 @@ def apply_pruning(model: nn.Module, arch: Arch, keep: dict[str, list[int]],
         if drop:
             dg.get_pruning_group(pruned.get_submodule(name), tp.prune_conv_out_channels, drop).prune()
     _check_runs(pruned, input_shape, arch.model)
-    if is_cifar_family(arch.model):
-        base = replace(demo_arch(), extra=arch.extra) if arch.model == DEMO else arch
-        pruned.cfg = _cifar_cfg(base.model, pruned.state_dict())
+    family = family_of(arch)
+    if family.widths:
+        base = family.resolve(arch)
+        pruned.cfg = family.cfg_from_state_dict(base.model, pruned.state_dict())
         return pruned, replace(base, cfg=pruned.cfg)
     history = [[name, bool(out), list(idxs)] for name, out, idxs in dg.pruning_history()]
     extra = {**arch.extra, HISTORY: arch.extra.get(HISTORY, []) + history, HISTORY_INPUT: list(input_shape)}
     return pruned, replace(arch, extra=extra)
 
 
-def rebuild_structure(model: nn.Module, arch: Arch, input_shape: Sequence[int] | None = None) -> nn.Module:
-    """Prune freshly built `model` in place as `arch.extra["pruning_history"]` records, and return it.
-
-    `input_shape` defaults to the shape recorded when the model was pruned.
-    """
-    shape = input_shape or arch.extra.get(HISTORY_INPUT) or default_input_shape(arch)
-    dg = dependency_graph(model, shape, arch.model)
-    try:
-        dg.load_pruning_history(arch.extra[HISTORY])
-    except (AttributeError, ValueError, IndexError, AssertionError, RuntimeError) as exc:
-        raise WorkbenchError(
-            f"cannot re-create the pruned {arch.model} from its pruning history ({describe(exc)}); "
-            "the checkpoint's metadata does not fit this model"
-        ) from None
-    return model
-
-
 def save_reference_format(model: nn.Module, arch: Arch, path: str | Path) -> None:
     """Write `{'cfg': widths, 'state_dict': ...}` as the paper's step-1 scripts do, atomically.
 
-    CIFAR families only: other models have no width list (save them with `save_model`).
+    Width-list (CIFAR) families only: other models have no width list (save them with `save_model`).
     """
-    if not is_cifar_family(arch.model):
+    if not family_of(arch).widths:
         raise WorkbenchError(
             f"the reference cfg+state_dict format exists only for the paper's CIFAR models, not {arch.model}; "
             "save it as safetensors instead"
@@ -115,12 +102,3 @@ def _check_runs(model: nn.Module, input_shape: Sequence[int], label: str) -> Non
         raise WorkbenchError(f"the pruned {label} does not run ({describe(exc)}); leave the layers involved whole") from None
     finally:
         model.train(was_training)
-
-
-def _cifar_cfg(name: str, state_dict: dict[str, torch.Tensor]) -> list[int]:
-    """The width list of a (pruned) CIFAR-family model `name`, read off its BN shapes."""
-    if name == "mobilenet_v1_cifar":
-        return v1_cfg_from_state_dict(state_dict)
-    if name == "mobilenet_v2_cifar":
-        return v2_cfg_from_state_dict(state_dict)
-    return cfg_from_state_dict(state_dict, int(name[len("resnet"):]))

@@ -12,7 +12,8 @@ from textual.worker import Worker, WorkerState
 
 class WorkbenchScreen(Screen):
     """Base screen. Subclasses define `body()` (their widgets) and `show_overview(overview)`,
-    and `HELP`: what their columns mean, shown by the help panel."""
+    maybe `show_stats(stats)` (the statistics, before the costs are in), and `HELP`: what
+    their columns mean, shown by the help panel."""
 
     HELP = ""
 
@@ -32,15 +33,24 @@ class WorkbenchScreen(Screen):
             self.app.worker_failed(event.worker)
 
     def sync(self) -> None:
-        """Bring the screen up to the app's state (overview ready, failed, or still loading)."""
-        app = self.app
-        if app.overview is not None and getattr(self, "_shown", None) is not app.overview:
-            self._shown = app.overview
-            self.query_one("#loading").display = False
-            self.show_overview(app.overview)
-        elif app.error is not None:
-            self.query_one("#loading-what", Static).update(f"[b red]cannot open:[/] {app.error}")
+        """Bring the screen up to the app's state (overview ready, statistics ready while the
+        rest is measured, failed, or still loading); what is already shown is not redrawn."""
+        state = self.app.state
+        if state.overview is not None:
+            if getattr(self, "_shown", None) is not state.overview:
+                self._shown = state.overview
+                self.query_one("#loading").display = False
+                self.show_overview(state.overview)
+            return
+        if state.stats is not None and getattr(self, "_shown_stats", None) is not state.stats:
+            self._shown_stats = state.stats
+            self.show_stats(state.stats)
+        if state.error is not None:
+            self.query_one("#loading-what", Static).update(f"[b red]cannot open:[/] {state.error}")
             self.query_one("#loading-bar").display = False
+
+    def show_stats(self, stats) -> None:
+        """The opened model's statistics, before its costs and accuracy are in: most screens wait."""
 
     def show_progress(self, done: int, total: int, what: str) -> None:
         self.query_one("#loading").display = done < total
@@ -54,7 +64,7 @@ class WorkbenchScreen(Screen):
         if self.error is not None:
             self.notify(f"not applied: {self.error}", severity="error")
             return False
-        if self.plan is None or self.plan.settings != self.settings:
+        if self.plan is None or getattr(self, "planned_for", self.plan.settings) != self.settings:  # a target solves
             self.apply_when_planned = True
             self.notify("planning: the plan is applied as soon as it is ready")
             return False

@@ -16,10 +16,14 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from core.budget import solve_decompose
 from core.decompose.plan import DecomposePlan, Decomposer
 from core.errors import WorkbenchError
+from core.layer_times import time_decomposed
 from core.session import DecomposeSection, LayerRanks
+from workbench import target_field
 from workbench.format import count, num, shape
+from workbench.messages import BudgetChanged, SettingsChanged
 from workbench.screens.base import WorkbenchScreen
 from workbench.widgets.layer_edit import LayerEditor
 
@@ -48,6 +52,7 @@ class DecomposeScreen(WorkbenchScreen):
         Binding("e", "edit", "Ranks", id="decompose.edit"),
         Binding("space", "toggle", "On/off", id="decompose.toggle"),
         Binding("a", "apply", "Apply", id="decompose.apply"),
+        Binding("t", "time_layers", "Time", id="decompose.time"),
     ]
     HELP = ("[b]shape[/]    the layer's weight: out x in x kh x kw\n"
             "[b]ranks[/]    R_out R_in (Tucker-2) or the rank (CP3, SVD)\n"
@@ -55,11 +60,15 @@ class DecomposeScreen(WorkbenchScreen):
             "[b]FLOPs÷[/]   how many times fewer FLOPs\n"
             "[b]rel err[/]  relative reconstruction error of the weight (… while computed)\n"
             "[b]note[/]     custom ranks, off, or why the layer is skipped\n"
+            "[b]ms[/]       the layer timed alone on its real input, before→after (t; skip slower times them too)\n"
+            "[b]skip slower[/] leave whole every layer whose decomposed form is not faster ([decompose] skip_slower)\n"
+            + target_field.HELP + "\n"
             "The table dims while the settings are in error; a is refused until they are fixed.")
 
     @property
     def settings(self) -> DecomposeSection:
-        return self.app.decompose_settings or DecomposeSection()
+        """The app's decomposition choices, or the defaults while the user has made none."""
+        return self.app.state.decompose or DecomposeSection()
 
     def body(self) -> ComposeResult:
         with Horizontal(classes="fields"):
@@ -71,6 +80,13 @@ class DecomposeScreen(WorkbenchScreen):
             yield Input(compact=True, id="x", placeholder="1.71")
             yield Select([("convs", False), ("convs+linear", True)], value=False, allow_blank=False,
                          compact=True, id="linear")
+        with Horizontal(classes="fields"):
+            yield Label("target")
+            yield Select(target_field.CHOICES, value="none", allow_blank=False, compact=True, id="target-metric")
+            yield Input(compact=True, id="target-value", placeholder="0.5")
+            yield Select([("all layers", False), ("skip slower", True)], value=False, allow_blank=False,
+                         compact=True, id="skip_slower")
+            yield Static(id="target-solved")
         yield Static(id="dtotals")
         yield DataTable(id="layers-d", cursor_type="row", zebra_stripes=True)
         yield LayerEditor(id="ranks-edit")
@@ -79,7 +95,7 @@ class DecomposeScreen(WorkbenchScreen):
         table = self.query_one("#layers-d", DataTable)
         table.fixed_columns = 1  # the layer name stays when scrolling right
         for key, label in (("name", "layer"), ("shape", "shape"), ("ranks", "ranks"), ("params", "params"),
-                           ("flops", "FLOPs÷"), ("error", "rel err"), ("note", "note")):
+                           ("flops", "FLOPs÷"), ("error", "rel err"), ("note", "note"), ("ms", "ms")):
             table.add_column(label, key=key)
         self.decomposer: Decomposer | None = None
         self.source: Overview | None = None
@@ -87,13 +103,18 @@ class DecomposeScreen(WorkbenchScreen):
         self.apply_when_planned = False  # a pressed before the plan was ready
         self.error: str | None = None  # why the table is out of date
         self.errors: dict[tuple, float] = {}
+        self.budget = self.app.state.budget  # [target] as the fields show it
+        self.timed = False                   # t: time each layer of every plan
+        self.planned_for: DecomposeSection | None = None  # the settings the plan shown was made from
+        self._filling = False
 
     def show_overview(self, overview: Overview) -> None:
         """(Re)build the decomposer when the model to decompose changed (a pruning applied)."""
-        source = self.app.pruned or self.app.base
+        source = self.app.state.pruned or self.app.state.base
         if source is not self.source:
             self.source, self.decomposer, self.errors = source, None, {}
             self.fill_fields(self.settings)
+            self.fill_budget(self.app.state.budget)
             self.build(source)
 
     @work(thread=True, exclusive=True, group="decomposer", exit_on_error=False)
@@ -114,6 +135,7 @@ class DecomposeScreen(WorkbenchScreen):
         self.query_one("#method", Select).value = s.method
         self.query_one("#rule", Select).value = s.rank_rule
         self.query_one("#linear", Select).value = s.linear
+        self.query_one("#skip_slower", Select).value = s.skip_slower
         self.query_one("#x", Input).value = "" if s.x == DecomposeSection.model_fields["x"].default else str(s.x)
 
     def settings_from_fields(self) -> DecomposeSection:
@@ -124,6 +146,7 @@ class DecomposeScreen(WorkbenchScreen):
             raise WorkbenchError(f"X: '{text}' is not a number") from None
         data = {**self.settings.model_dump(), "method": self.query_one("#method", Select).value,
                 "rank_rule": self.query_one("#rule", Select).value, "linear": self.query_one("#linear", Select).value,
+                "skip_slower": self.query_one("#skip_slower", Select).value,
                 "x": x}
         if data["method"] != self.settings.method and data["ranks"]:
             dropped = ", ".join(data["ranks"])
@@ -138,11 +161,20 @@ class DecomposeScreen(WorkbenchScreen):
                                  f"{err['msg'].removeprefix('Value error, ')}") from None
 
     def on_select_changed(self, event: Select.Changed) -> None:
-        self.settings_changed()
+        if event.select.id == "target-metric":
+            self.budget_changed()
+        else:
+            self.settings_changed()
 
     def on_input_changed(self, event: Input.Changed) -> None:
         if event.input.id == "x":
             self.settings_changed()
+        elif event.input.id == "target-value":
+            self.budget_changed()
+
+    def show_solved(self, asked: DecomposeSection, note: str) -> None:
+        self.planned_for = asked
+        self.query_one("#target-solved", Static).update(note)
 
     def settings_changed(self) -> None:
         if self.decomposer is None:
@@ -153,16 +185,73 @@ class DecomposeScreen(WorkbenchScreen):
             self.out_of_date(str(exc))
             return
         if settings != self.settings:  # field events also fire when the screen fills them in
-            self.app.decompose_settings = settings
-        self.replan()
+            self.post_message(SettingsChanged(decompose=settings))
+        self.replan(settings)
+
+    def choose(self, settings: DecomposeSection) -> None:
+        """Post `settings` to the app and plan them."""
+        self.post_message(SettingsChanged(decompose=settings))
+        self.replan(settings)
+
+    def budget_changed(self) -> None:
+        """The target fields changed: post the [target] they give (and the decomposition it solves)."""
+        if self._filling or self.decomposer is None:
+            return
+        try:
+            budget = target_field.budget_from(self.query_one("#target-metric", Select).value,
+                                              self.query_one("#target-value", Input).value)
+        except WorkbenchError as exc:
+            self.out_of_date(str(exc))
+            return
+        if budget != self.budget:
+            self.budget = budget
+            self.post_message(BudgetChanged(budget))
+            if budget is not None and self.app.state.decompose is None:  # the session's last step
+                self.post_message(SettingsChanged(decompose=self.settings))
+        self.settings_changed()
+
+    def on_screen_resume(self) -> None:
+        """The Prune screen may have changed [target]: show it here too."""
+        if getattr(self, "decomposer", None) is not None and self.app.state.budget != self.budget:
+            self.fill_budget(self.app.state.budget)
+            self.settings_changed()
+
+    def fill_budget(self, budget) -> None:
+        self._filling, self.budget = True, budget
+        metric, text = target_field.metric_of(budget)
+        self.query_one("#target-metric", Select).value = metric
+        self.query_one("#target-value", Input).value = text
+        self._filling = False
+
+    def timing(self) -> tuple[str, int]:
+        """The device and first batch size of the Model screen's [measure] (default: cpu, 1)."""
+        m = self.app.state.measure
+        return (m.device, m.batch_sizes[0]) if m is not None else ("cpu", 1)
+
+    def action_time_layers(self) -> None:
+        """t: time each layer of this and every later plan (before and after); again to stop."""
+        self.timed = not self.timed
+        self.notify(f"timing each layer on {' batch '.join(map(str, self.timing()))}: a few seconds, cached"
+                    if self.timed else "per-layer times off")
+        self.settings_changed()
 
     @work(thread=True, exclusive=True, group="dplan", exit_on_error=False)
-    def replan(self) -> None:
+    def replan(self, settings: DecomposeSection) -> None:
+        """Plan `settings` (posted to the app already: its state may not have them yet); with a
+        target, x solved first (of the model as opened, as replay does)."""
+        asked, solved, base = settings, None, self.app.state.base
+        self.decomposer.timing = self.timing()
         try:
-            plan = self.decomposer.plan(self.settings)
+            if self.budget is not None:
+                settings, solved = solve_decompose(self.decomposer, settings, self.budget,
+                                                   (base.costs.params, base.costs.flops), base.opened.model)
+            plan = self.decomposer.plan(settings)
+            if self.timed:
+                time_decomposed(self.decomposer, plan.layers)
         except WorkbenchError as exc:
             self.app.call_from_thread(self.out_of_date, str(exc))
             return
+        self.app.call_from_thread(self.show_solved, asked, target_field.solved_text(solved, self.decomposer.timing))
         self.app.call_from_thread(self.show_plan, plan)
         self.app.call_from_thread(self.fill_errors, plan)
 
@@ -178,7 +267,7 @@ class DecomposeScreen(WorkbenchScreen):
         self.query_one("#layers-d", DataTable).remove_class("-stale")
         (p0, p1), (f0, f1) = plan.params, plan.flops
         done = [x for x in plan.layers if x.skipped is None]
-        on = "A3: the pruned model" if self.app.pruned else "A2: the opened model"
+        on = "A3: the pruned model" if self.app.state.pruned else "A2: the opened model"
         self.query_one("#dtotals", Static).update(
             f"params {p0:,} → [b]{p1:,}[/] ({p0 / p1:.2f}x)   FLOPs {count(f0)} → [b]{count(f1)}[/] ({f0 / f1:.2f}x)\n"
             f"[dim]{len(done)} layers decomposed, {len(plan.layers) - len(done)} skipped; on {on}[/]")
@@ -192,19 +281,20 @@ class DecomposeScreen(WorkbenchScreen):
             layer = planned.get(name)
             if layer is None:
                 weight = self.decomposer.sites[name].module.weight
-                table.add_row(name, shape(weight.shape), "-", "-", "-", "-", "off", key=name)
+                table.add_row(name, shape(weight.shape), "-", "-", "-", "-", "off", "", key=name)
                 continue
             error = self.errors.get(self._key(layer))
             table.add_row(name, shape(layer.shape), " ".join(map(str, layer.ranks)) if layer.ranks else "-",
                           f"{count(layer.params[0])}→{count(layer.params[1])}",
                           f"{layer.flops[0] / layer.flops[1]:.2f}" if layer.flops[1] else "-",
                           num(error, 3) if error is not None else ("…" if layer.skipped is None else "-"),
-                          layer.skipped or ("custom" if name in plan.settings.ranks else ""), key=name)
+                          layer.skipped or ("custom" if name in plan.settings.ranks else ""),
+                          target_field.time_cell(layer.time_ms), key=name)
         if self.rows:
             table.move_cursor(row=min(row, len(self.rows) - 1))
         if first:
             table.focus()
-        if self.apply_when_planned and plan.settings == self.settings:
+        if self.apply_when_planned and self.planned_for == self.settings:
             self.action_apply()
 
     @staticmethod
@@ -240,9 +330,7 @@ class DecomposeScreen(WorkbenchScreen):
         chosen = [x.name for x in self.plan.layers]
         chosen = [n for n in chosen if n != name] if name in chosen else chosen + [name]
         ranks = {k: v for k, v in self.settings.ranks.items() if k in chosen}
-        self.app.decompose_settings = self.settings.model_copy(update={"layers": chosen, "exclude": [],
-                                                                       "ranks": ranks})
-        self.replan()
+        self.choose(self.settings.model_copy(update={"layers": chosen, "exclude": [], "ranks": ranks}))
 
     def action_edit(self) -> None:
         name = self._current()
@@ -264,12 +352,11 @@ class DecomposeScreen(WorkbenchScreen):
         given = {k: v for k, v in self.settings.ranks.items() if k != event.layer}
         if ranks is not None:
             given[event.layer] = ranks
-        self.app.decompose_settings = self.settings.model_copy(update={"ranks": given})
         self.query_one(LayerEditor).action_close()
-        self.replan()
+        self.choose(self.settings.model_copy(update={"ranks": given}))
 
     def action_apply(self) -> None:
         if not self.ready_to_apply():
             return
-        self.app.decompose_settings = self.plan.settings
+        self.post_message(SettingsChanged(decompose=self.planned_for))  # the choices; a target's solution is the plan's
         self.app.apply_plan(self.plan, self.decomposer)

@@ -3,54 +3,42 @@ and a followed run: live plots of each loss term and of the validation accuracy,
 line with throughput and ETA, and the results of every step (baseline, pruned, decomposed,
 fine-tuned).
 
-The run is its own process (`workbench replay ... --out RUN_DIR`, in a new session), so an
-SSH drop that ends the app does not end the run (ARCHITECTURE.md, "Long jobs"). The screen
-only follows the run directory: new lines of metrics.jsonl and status.json, twice a second."""
+The run is its own process (workbench/finetune_process.py), so an SSH drop that ends the app
+does not end the run. The screen only follows the run directory: new lines of metrics.jsonl
+(typed events, folded by workbench/run_progress.py) and status.json, twice a second. The
+stages live in the app's state: edits are posted to it (SettingsChanged)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shlex
-import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import ValidationError
-from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal, Vertical
-from textual.screen import ModalScreen
-from textual.widgets import Button, DataTable, Footer, ProgressBar, Static
+from textual.containers import Horizontal
+from textual.widgets import DataTable, ProgressBar, Static
 
+from core import report
 from core.errors import WorkbenchError
-from core.finetune.rundir import METRICS, MetricsFollower, is_alive, read_status
-from core.finetune.settings import REFERENCE, FinetuneStage
+from core.finetune.events import Steps, parse
+from core.finetune.rundir import read_status
+from core.finetune.settings import FinetuneStage
+from workbench.finetune_process import FollowedRun
 from workbench.format import count, duration, num, percent
+from workbench.messages import SettingsChanged
+from workbench.run_progress import Change, RunProgress
 from workbench.screens.base import WorkbenchScreen
+from workbench.screens.stage_edit import COLUMNS, edit_stage, stage_cells
 from workbench.widgets.layer_edit import LayerEditor
 from workbench.widgets.plots import SeriesPlot
 
 if TYPE_CHECKING:  # types only: the screens import without torch
     from core.overview import Overview
 
-# (FinetuneStage field, column header, parser of the typed text)
-COLUMNS = [("mode", "mode", str), ("epochs", "epochs", int), ("lr", "lr", float), ("milestones", "milestones", list),
-           ("batch_size", "batch", int), ("mse_factor", "mse×", float), ("n_losses", "losses", int),
-           ("decay", "decay", float)]
-USED_BY = {"mse_factor": ("mse", "aux"), "n_losses": ("aux",), "decay": ("aux",)}
 POLL_S = 0.5
 STALLED_S = 60  # no event nor heartbeat for this long: say so
-
-
-def default_stages() -> list[FinetuneStage]:
-    """METHOD.md steps 3 and 4: auxiliary losses, then plain cross-entropy."""
-    return [FinetuneStage(mode="aux"), FinetuneStage(mode="ce")]
 
 
 def ago(seconds: float) -> str:
@@ -60,63 +48,12 @@ def ago(seconds: float) -> str:
     return duration(seconds) if seconds < 2 * 86400 else f"{int(seconds // 86400)} days"
 
 
-def _one_line(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(map(str, err["loc"])) or "stage"
-    return f"{where}: {err['msg'].removeprefix('Value error, ')}"
-
-
-def edit_stage(stage: FinetuneStage, name: str, text: str) -> FinetuneStage:
-    """The stage with one field set from typed text, validated as a whole stage. Changing the
-    mode moves lr/epochs/milestones still at the old mode's reference values to the new one's."""
-    kind = next(k for f, _, k in COLUMNS if f == name)
-    text = text.strip()
-    try:
-        if kind is list:
-            value = [int(p) for p in text.replace(",", " ").split()]
-        elif kind is str:
-            value = text.lower()
-        else:
-            value = kind(text)
-    except ValueError:
-        what = "whole numbers" if kind is list else "a whole number" if kind is int else "a number"
-        raise WorkbenchError(f"{name}: '{text}' is not {what}") from None
-    data = stage.model_dump(exclude_none=True)
-    if name == "mode" and value != stage.mode and value in REFERENCE:
-        for key, ref in REFERENCE[stage.mode].items():
-            if data[key] == ref:
-                del data[key]
-        if value != "aux":
-            data.pop("pivots", None), data.pop("pivot_modules", None)
-    data[name] = value
-    try:
-        return FinetuneStage.model_validate(data)
-    except ValidationError as exc:
-        raise WorkbenchError(_one_line(exc)) from None
-
-
-def stage_cells(stage: FinetuneStage) -> list:
-    cells = []
-    for name, _, _ in COLUMNS:
-        value = getattr(stage, name)
-        text = (" ".join(map(str, value)) or "-") if isinstance(value, list) else num(value) if isinstance(value, float) \
-            else str(value)
-        used = stage.mode in USED_BY.get(name, (stage.mode,))
-        cells.append(Text(text, style="" if used else "dim"))
-    return cells
-
-
 def step_rows(steps) -> list[tuple] | None:
     """The results table's rows (cells, then the row key) for a `steps` list; None when malformed."""
     try:
-        base = steps[0] if steps else {}
-
-        def ratio(step: dict, key: str) -> str:
-            return f"{base[key] / step[key]:.2f}" if base.get(key) and step.get(key) else "-"
-
-        return [(str(step["name"]), count(step.get("params")), count(step.get("flops")), percent(step.get("accuracy")),
-                 num(step.get("latency_ms")), ratio(step, "params"), ratio(step, "flops"), str(step["name"]))
-                for step in steps]
+        return [(row.name, count(row.params), count(row.flops), percent(row.accuracy), num(row.latency_ms),
+                 report.fixed(row.fewer_params), report.fixed(row.fewer_flops), row.name)
+                for row in report.steps_table(steps).rows]
     except (KeyError, TypeError, ValueError, ZeroDivisionError, AttributeError, IndexError):
         return None
 
@@ -129,115 +66,8 @@ def report_rows(run_dir: Path) -> list[tuple] | None:
         return None
 
 
-def replay_command(session_file: Path, run_dir: Path, resume: bool = False, latency: bool = True,
-                   trust: bool = False) -> list[str]:
-    """The run's command line; latency is measured (the results' ms column) unless the app was
-    opened without it; `trust` (the app was opened with code the user allowed) passes --trust-pickle."""
-    return [sys.executable, "-m", "workbench", "replay", str(session_file), "--out", str(run_dir),
-            *([] if latency else ["--no-latency"]), *(["--resume"] if resume else []),
-            *(["--trust-pickle"] if trust else [])]
-
-
-def replay_command_line(session_file: Path, run_dir: Path, trust: bool = False) -> str:
-    """What a user types to resume the run from a shell."""
-    return shlex.join(["workbench", "replay", str(Path(session_file).resolve()), "--out", str(Path(run_dir).resolve()),
-                       "--resume", *(["--trust-pickle"] if trust else [])])
-
-
-def launch(session_file: Path, run_dir: Path, resume: bool = False, latency: bool = True,
-           trust: bool = False) -> subprocess.Popen:
-    """Start `workbench replay` as its own process, in its own session: it outlives the app."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # the run imports the same code as this app, whatever the current folder
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    with open(run_dir / "stdout.log", "ab") as log:
-        return subprocess.Popen(replay_command(session_file, run_dir, resume, latency, trust), start_new_session=True,
-                                env=env,
-                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-
-@dataclass(eq=False)
-class FollowedRun:
-    """A run directory the app follows, and the process writing it when the app started it."""
-
-    dir: Path
-    process: subprocess.Popen | None = None
-    follower: MetricsFollower = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.dir = Path(self.dir)
-        self.follower = MetricsFollower(self.dir / METRICS)
-
-    @property
-    def session_file(self) -> Path:
-        """The session the run was started from (beside it), else the run's frozen copy."""
-        beside = self.dir.parent / f"{self.dir.name}.toml"
-        return beside if beside.is_file() else self.dir / "session.toml"
-
-    def exit_code(self) -> int | None:
-        """The exit status of the process this app started (None: running, or not ours)."""
-        return self.process.poll() if self.process is not None else None
-
-    def alive(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is None
-        return is_alive(read_status(self.dir))
-
-    def pid(self) -> int | None:
-        if self.process is not None:
-            return self.process.pid if self.process.poll() is None else None
-        status = read_status(self.dir)
-        return status["pid"] if is_alive(status) else None
-
-    def terminate(self) -> int | None:
-        """SIGTERM to the run (it checkpoints and exits with state "stopped"); its pid, if alive."""
-        pid = self.pid()
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                return None
-        return pid
-
-    def resume(self, latency: bool = True) -> None:
-        self.process = launch(self.session_file, self.dir, resume=True, latency=latency)
-
-
-class QuitRunScreen(ModalScreen[str]):
-    """Asked when quitting while the followed run is alive: leave it, stop it, or cancel."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("l", "choose('leave')", "Leave it running", id="quit.leave"),
-        Binding("s", "choose('stop')", "Stop it, quit", id="quit.stop"),
-        Binding("c,escape", "choose('cancel')", "Back", id="quit.cancel"),
-    ]
-
-    def __init__(self, name: str, folder: str | None = None) -> None:
-        super().__init__()
-        self.run_name, self.folder = name, folder or name
-
-    def compose(self) -> ComposeResult:
-        with Vertical(id="quit-dialog"):
-            yield Static(f"The run [b]{self.run_name}[/] is still going.\n"
-                         "[b]l[/] leave it running: it goes on without the workbench; "
-                         f"`workbench open {self.folder}` follows it again\n"
-                         "[b]s[/] stop it (it checkpoints; resume later), then quit\n"
-                         "[b]c[/] / [b]esc[/] back to the workbench (the run goes on)")
-            with Horizontal(id="quit-buttons"):
-                yield Button("Leave (l)", id="leave", variant="primary", compact=True)
-                yield Button("Stop (s)", id="stop", variant="warning", compact=True)
-                yield Button("Back (c)", id="cancel", compact=True)
-        yield Footer(compact=True, show_command_palette=False)
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id)
-
-    def action_choose(self, choice: str) -> None:
-        self.dismiss(choice)
-
-
 class FinetuneScreen(WorkbenchScreen):
+    _posted: tuple[FinetuneStage, ...] | None = None  # stages posted to the app, not in its state yet
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("s", "start", "Start", id="finetune.start"),
         Binding("c", "cancel_run", "Cancel run", id="finetune.cancel"),
@@ -292,7 +122,19 @@ class FinetuneScreen(WorkbenchScreen):
 
     @property
     def stages(self) -> list[FinetuneStage]:
-        return self.app.finetune_settings
+        """The stages shown: the last ones posted to the app, else the app's."""
+        return list(self._posted if self._posted is not None else self.app.state.finetune)
+
+    def set_stages(self, stages: list[FinetuneStage], row: int | None = None) -> None:
+        """Post the edited stages to the app and show them."""
+        self._posted = tuple(stages)
+        self.post_message(SettingsChanged(finetune=self._posted))
+        self.fill_stages(row)
+
+    def sync(self) -> None:
+        super().sync()
+        if self._posted is not None and self._posted is self.app.state.finetune:
+            self._posted = None  # the app has them: its state is what is shown
 
     def fill_stages(self, row: int | None = None) -> None:
         table = self.query_one("#stages", DataTable)
@@ -308,15 +150,13 @@ class FinetuneScreen(WorkbenchScreen):
         """A cross-entropy stage (METHOD.md step 4) after the highlighted one."""
         table = self.query_one("#stages", DataTable)
         at = table.cursor_row + 1 if self.stages else 0
-        self.app.finetune_settings = [*self.stages[:at], FinetuneStage(mode="ce"), *self.stages[at:]]
-        self.fill_stages(at)
+        self.set_stages([*self.stages[:at], FinetuneStage(mode="ce"), *self.stages[at:]], at)
 
     def action_delete_stage(self) -> None:
         if not self.stages:
             return
         at = self.query_one("#stages", DataTable).cursor_row
-        self.app.finetune_settings = [s for i, s in enumerate(self.stages) if i != at]
-        self.fill_stages(at)
+        self.set_stages([s for i, s in enumerate(self.stages) if i != at], at)
 
     def action_edit(self) -> None:
         table = self.query_one("#stages", DataTable)
@@ -341,9 +181,8 @@ class FinetuneScreen(WorkbenchScreen):
         except WorkbenchError as exc:
             self.notify(str(exc), severity="error")
             return
-        self.app.finetune_settings = [stage if i == row else s for i, s in enumerate(self.stages)]
         self.query_one(LayerEditor).action_close()
-        self.fill_stages()
+        self.set_stages([stage if i == row else s for i, s in enumerate(self.stages)])
 
     # ------------------------------------------------------------------ the run
 
@@ -392,12 +231,7 @@ class FinetuneScreen(WorkbenchScreen):
     def _reset_view(self) -> None:
         self.status: dict | None = None
         self.stopping = False
-        self.last_time: float | None = None
-        self.stage_event: dict | None = None
-        self.best_val = self.speed = self.eta = None
-        self.step_offsets: dict[int, int] = {}   # stage -> steps of the stages before it
-        self.epoch_offsets: dict[int, int] = {}
-        self.max_step = self.max_epoch = 0
+        self.run_progress = RunProgress()
         self.progress_text = ""
         self._last_progress: tuple | None = None
         self.query_one("#loss-plot", SeriesPlot).clear()
@@ -422,51 +256,33 @@ class FinetuneScreen(WorkbenchScreen):
         self.status = read_status(run.dir)
         self.show_state(run)
 
-    def apply(self, event: dict) -> None:
-        when = event.get("time")
-        if isinstance(when, (int, float)):
-            self.last_time = max(self.last_time or 0.0, float(when))
-        handler = {"stage": self._stage, "step": self._step, "epoch": self._epoch, "steps": self._steps}.get(
-            event.get("event"))
-        if handler is not None:
+    def apply(self, record: dict) -> None:
+        """Show one line of metrics.jsonl; a line this version cannot read is skipped (a
+        malformed `steps` line falls back to report.json)."""
+        self.run_progress.saw(record)
+        event = parse(record)
+        if isinstance(event, Steps) or (event is None and isinstance(record, dict) and record.get("event") == "steps"):
+            self._steps(event or record)
+        elif event is not None:
             try:
-                handler(event)
+                change = self.run_progress.apply(event)
+                if change is not None:
+                    self.draw(change)
             except (KeyError, TypeError, ValueError):
-                pass  # a malformed event (another version's) is skipped, not fatal
+                pass  # values a plot cannot take (another version's): the line is skipped, not fatal
 
-    def _stage(self, e: dict) -> None:
-        i = e["stage"]
-        self.step_offsets.setdefault(i, self.max_step)
-        self.epoch_offsets.setdefault(i, self.max_epoch)
-        self.stage_event, self.best_val = e, None
-        self.query_one("#ft-bar", ProgressBar).update(total=e["epochs"] * e["steps_per_epoch"], progress=0)
-        self._progress_line(e["epochs"], 0, None, None)
-
-    def _step(self, e: dict) -> None:
-        i, x = e["stage"], None
-        x = self.step_offsets.get(i, 0) + e["global_step"]
-        self.max_step = max(self.max_step, x)
+    def draw(self, change: Change) -> None:
+        """What an event changed: plot points, the progress bar, the progress line."""
         plot = self.query_one("#loss-plot", SeriesPlot)
-        for name, value in (e.get("losses") or {"loss": e.get("loss")}).items():
+        for name, x, value in change.losses:
             plot.add(name, x, value)
-        stage = self.stage_event or {}
-        epochs = stage.get("epochs") if stage.get("stage") == i else None
-        steps = e["steps_per_epoch"]
-        bar = self.query_one("#ft-bar", ProgressBar)
-        bar.update(total=(epochs or e["epoch"] + 1) * steps, progress=e["epoch"] * steps + e["step"])
-        self._progress_line(epochs, e["epoch"] + 1, e.get("images_per_s"), e.get("eta_s"), e)
-
-    def _epoch(self, e: dict) -> None:
-        x = self.epoch_offsets.get(e["stage"], 0) + e["epoch"]
-        self.max_epoch = max(self.max_epoch, x)
-        if e.get("val_acc") is not None:
-            self.query_one("#acc-plot", SeriesPlot).add("val", x, 100 * e["val_acc"])
-        self.best_val = e.get("best_val")
-        stage = self.stage_event or {}
-        if stage.get("stage") == e["stage"]:
-            steps = stage["steps_per_epoch"]
-            self.query_one("#ft-bar", ProgressBar).update(total=e["epochs"] * steps, progress=e["epoch"] * steps)
-            self._progress_line(e["epochs"], e["epoch"], self.speed, self.eta)
+        if change.accuracy is not None:
+            self.query_one("#acc-plot", SeriesPlot).add("val", *change.accuracy)
+        if change.bar is not None:
+            total, done = change.bar
+            self.query_one("#ft-bar", ProgressBar).update(total=total, progress=done)
+        if change.line is not None:
+            self._progress_line(*change.line)
 
     def _steps(self, e: dict) -> None:
         rows = step_rows(e.get("steps"))
@@ -474,7 +290,7 @@ class FinetuneScreen(WorkbenchScreen):
             run = self.app.followed
             rows = report_rows(run.dir) if run is not None else None
             self.notify("skipped a malformed `steps` line of metrics.jsonl" +
-                        ("; the results come from report.json" if rows else ""), severity="warning")
+                        ("; the results come from report.json" if rows else ""), severity="warning", timeout=30)
             if rows is None:
                 return
         table = self.query_one("#ft-results", DataTable)
@@ -485,17 +301,17 @@ class FinetuneScreen(WorkbenchScreen):
     def _progress_line(self, epochs, epoch, speed, eta, e: dict | None = None) -> None:
         """Stage, epoch, throughput and ETA (these two only while the run is alive), best accuracy."""
         self._last_progress = (epochs, epoch, speed, eta, e)
-        stage = e or self.stage_event or {}
-        n = (self.stage_event or {}).get("stages", "?")
+        progress = self.run_progress
+        stage = e or progress.stage or {}
+        n = (progress.stage or {}).get("stages", "?")
         parts = [f"stage {stage.get('stage', 0) + 1}/{n} {stage.get('mode', '')}",
                  f"epoch {epoch}/{epochs if epochs is not None else '?'}"]
         if self._state() not in ("stopping", "stopped", "failed", "exited"):  # no speed for a halted run
             if speed is not None:
                 parts.append(f"{speed:,.0f} img/s")
             parts.append(f"ETA {duration(eta)}")
-        if self.best_val is not None:
-            parts.append(f"best {percent(self.best_val)}")
-        self.speed, self.eta = speed, eta
+        if progress.best_val is not None:
+            parts.append(f"best {percent(progress.best_val)}")
         self.progress_text = "  ".join(parts)
         self.query_one("#ft-progress", Static).update(self.progress_text)
 
@@ -515,7 +331,8 @@ class FinetuneScreen(WorkbenchScreen):
         style = {"running": "green", "starting": "yellow", "stopping": "yellow", "done": "b green",
                  "stopped": "yellow", "failed": "b red", "exited": "b red"}.get(state, "")
         line = f"[b]{run.dir.name}[/] [{style}]{state}[/]"
-        beat = max(x for x in (self.last_time, status.get("heartbeat"), 0.0) if isinstance(x, (int, float)))
+        beat = max(x for x in (self.run_progress.last_time, status.get("heartbeat"), 0.0)
+                   if isinstance(x, (int, float)))
         if beat:
             since = self.clock() - beat
             stalled = state == "running" and since > STALLED_S

@@ -2,7 +2,8 @@
 plan per layer with in-place ratio/keep edits, live totals, apply and save.
 
 All planning runs in a worker on a `core.prune.plan.Planner` built once for the opened
-model; the screen only edits the app's `PruneSection` and renders the plan."""
+model; the screen only renders the plan and posts the user's `PruneSection` to the app
+(SettingsChanged), which holds it."""
 
 from __future__ import annotations
 
@@ -17,12 +18,16 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
+from core.budget import solve_prune
 from core.errors import WorkbenchError
+from core.layer_times import time_prune_plan
 from core.prune.plan import Planner, PrunePlan
 from core.prune.scores import METRICS
 from core.prune.strategies import STRATEGIES, p5_plan
 from core.session import LayerChoice, PruneSection
+from workbench import target_field
 from workbench.format import count, num
+from workbench.messages import BudgetChanged, SettingsChanged
 from workbench.screens.base import WorkbenchScreen
 from workbench.widgets.layer_edit import LayerEditor
 
@@ -63,6 +68,7 @@ class PruneScreen(WorkbenchScreen):
     BINDINGS = [
         Binding("e", "edit", "Edit layer", id="prune.edit"),
         Binding("a", "apply", "Apply", id="prune.apply"),
+        Binding("t", "time_layers", "Time", id="prune.time"),
     ]
     HELP = ("[b]id[/]     the layer's number (P5 stage ends and skip use it)\n"
             "[b]ch[/]     its filters (output channels)\n"
@@ -70,12 +76,14 @@ class PruneScreen(WorkbenchScreen):
             "[b]ratio[/]  the fraction of filters pruned (eq. 9 for P1-P3)\n"
             "[b]keep[/]   the filters kept; [b]cut[/] the filters removed\n"
             "[b]by[/]     what decided it: the strategy, an override (e), or skip (P5)\n"
+            "[b]ms[/]     the layer's conv timed alone on its real input, before→after (t)\n"
+            + target_field.HELP + "\n"
             "Fields left empty take the default shown in grey; the table dims while the fields are in error.")
 
     @property
     def settings(self) -> PruneSection:
         """The app's pruning choices, or the defaults while the user has made none."""
-        return self.app.prune_settings or PruneSection()
+        return self.app.state.prune or PruneSection()
 
     def body(self) -> ComposeResult:
         with Horizontal(classes="fields"):
@@ -106,6 +114,11 @@ class PruneScreen(WorkbenchScreen):
             yield Input(compact=True, id="skip", placeholder="none")
         with Horizontal(classes="fields", id="row-manual"):
             yield Label("manual: e sets each layer's ratio or keep")
+        with Horizontal(classes="fields", id="row-target"):
+            yield Label("target")
+            yield Select(target_field.CHOICES, value="none", allow_blank=False, compact=True, id="target-metric")
+            yield Input(compact=True, id="target-value", placeholder="0.5")
+            yield Static(id="target-solved")
         yield Static(id="totals")
         yield DataTable(id="plan", cursor_type="row", zebra_stripes=True)
         yield LayerEditor(id="edit")
@@ -114,13 +127,16 @@ class PruneScreen(WorkbenchScreen):
         table = self.query_one("#plan", DataTable)
         table.fixed_columns = 1  # the layer name stays when scrolling right
         for key, label in (("name", "layer"), ("id", "id"), ("ch", "ch"), ("T", "T"), ("ratio", "ratio"),
-                           ("keep", "keep"), ("cut", "cut"), ("by", "by")):
+                           ("keep", "keep"), ("cut", "cut"), ("by", "by"), ("ms", "ms")):
             table.add_column(label, key=key)
         self.planner: Planner | None = None
         self.plan: PrunePlan | None = None
         self.apply_when_planned = False  # a pressed before the plan was ready
         self.error: str | None = None  # why the table is out of date (the fields or the plan failed)
         self._filling = False
+        self.budget = self.app.state.budget  # [target] as the fields show it
+        self.timed = False                   # t: time each layer of every plan
+        self.planned_for: PruneSection | None = None  # the settings the plan shown was made from
         self.show_rows("P1")
 
     def show_rows(self, strategy: str) -> None:
@@ -131,11 +147,11 @@ class PruneScreen(WorkbenchScreen):
     def show_overview(self, overview: Overview) -> None:
         if self.planner is None:
             self.fill_fields(self.settings)
-            self.build_planner(self.app.base)
+            self.fill_budget(self.app.state.budget)
+            self.build_planner(self.app.state.base, self.settings)
 
     @work(thread=True, exclusive=True, group="planner", exit_on_error=False)
-    def build_planner(self, base: Overview) -> None:
-        s = self.settings
+    def build_planner(self, base: Overview, s: PruneSection) -> None:
         opened = base.opened
         try:
             planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, base.stats, s.coupled, s.ignore,
@@ -185,13 +201,60 @@ class PruneScreen(WorkbenchScreen):
             raise WorkbenchError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
 
     def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "target-metric":
+            self.budget_changed()
+            return
         if event.select.id == "strategy":
             self.show_rows(str(event.value))
         self.settings_changed()
 
     def on_input_changed(self, event: Input.Changed) -> None:
-        if not isinstance(event.input, LayerEditor):
+        if event.input.id == "target-value":
+            self.budget_changed()
+        elif not isinstance(event.input, LayerEditor):
             self.settings_changed()
+
+    def budget_changed(self) -> None:
+        """The target fields changed: post the [target] they give and re-plan with it."""
+        if self._filling or self.planner is None:
+            return
+        try:
+            budget = target_field.budget_from(self.query_one("#target-metric", Select).value,
+                                              self.query_one("#target-value", Input).value)
+        except WorkbenchError as exc:
+            self.out_of_date(str(exc))
+            return
+        if budget != self.budget:
+            self.budget = budget
+            self.post_message(BudgetChanged(budget))
+            if budget is not None and self.app.state.prune is None:  # the step whose knob it solves
+                self.post_message(SettingsChanged(prune=self.settings))
+        self.settings_changed()
+
+    def on_screen_resume(self) -> None:
+        """The Decompose screen may have changed [target]: show it here too."""
+        if getattr(self, "planner", None) is not None and self.app.state.budget != self.budget:
+            self.fill_budget(self.app.state.budget)
+            self.settings_changed()
+
+    def fill_budget(self, budget) -> None:
+        self._filling, self.budget = True, budget
+        metric, text = target_field.metric_of(budget)
+        self.query_one("#target-metric", Select).value = metric
+        self.query_one("#target-value", Input).value = text
+        self._filling = False
+
+    def timing(self) -> tuple[str, int]:
+        """The device and first batch size of the Model screen's [measure] (default: cpu, 1)."""
+        m = self.app.state.measure
+        return (m.device, m.batch_sizes[0]) if m is not None else ("cpu", 1)
+
+    def action_time_layers(self) -> None:
+        """t: time each layer of this and every later plan (before and after); again to stop."""
+        self.timed = not self.timed
+        self.notify(f"timing each layer on {' batch '.join(map(str, self.timing()))}: a few seconds, cached"
+                    if self.timed else "per-layer times off")
+        self.settings_changed()
 
     def settings_changed(self) -> None:
         if self._filling or self.planner is None:
@@ -202,18 +265,32 @@ class PruneScreen(WorkbenchScreen):
             self.out_of_date(str(exc))
             return
         if settings != self.settings:  # field events also fire when the screen fills them in
-            self.app.prune_settings = settings
-        self.replan()
+            self.post_message(SettingsChanged(prune=settings))
+        self.replan(settings)
 
     @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
-    def replan(self) -> None:
-        settings = self.settings
+    def replan(self, settings: PruneSection) -> None:
+        """Plan `settings` (posted to the app already: its state may not have them yet); with a
+        target (and no decomposition to solve instead), its knob solved first."""
+        asked, solved, solving = settings, None, self.budget is not None and self.app.state.decompose is None
+        self.planner.timing = self.timing()
         try:
+            if solving:
+                settings, solved = solve_prune(self.planner, settings, self.budget)
             plan = self.planner.plan(settings)
+            if self.timed:
+                time_prune_plan(self.planner, plan)
         except WorkbenchError as exc:
             self.app.call_from_thread(self.out_of_date, str(exc))
             return
+        note = target_field.solved_text(solved, self.planner.timing) if solving else \
+            "[dim]solves the decomposition (the last step)[/]" if self.budget is not None else ""
+        self.app.call_from_thread(self.show_solved, asked, note)
         self.app.call_from_thread(self.show_plan, plan)
+
+    def show_solved(self, asked: PruneSection, note: str) -> None:
+        self.planned_for = asked
+        self.query_one("#target-solved", Static).update(note)
 
     def out_of_date(self, message: str) -> None:
         """The fields (or the plan) are in error: say why, dim the table, refuse to apply it."""
@@ -261,12 +338,12 @@ class PruneScreen(WorkbenchScreen):
         for layer in plan.layers:
             table.add_row(layer.name, str(layer.layer_id), str(layer.channels), num(layer.statistic),
                           f"{layer.ratio:.2f}", str(layer.keep), str(layer.channels - layer.keep), layer.source,
-                          key=layer.name)
+                          target_field.time_cell(layer.time_ms), key=layer.name)
         if plan.layers:
             table.move_cursor(row=min(row, len(plan.layers) - 1))
         if first:
             table.focus()
-        if self.apply_when_planned and plan.settings == self.settings:
+        if self.apply_when_planned and self.planned_for == self.settings:
             self.action_apply()
 
     def _defaults(self, plan: PrunePlan) -> dict[str, str]:
@@ -301,12 +378,13 @@ class PruneScreen(WorkbenchScreen):
         layers = {k: v for k, v in self.settings.layers.items() if k != event.layer}
         if choice is not None:
             layers[event.layer] = choice
-        self.app.prune_settings = self.settings.model_copy(update={"layers": layers})
+        settings = self.settings.model_copy(update={"layers": layers})
+        self.post_message(SettingsChanged(prune=settings))
         self.query_one(LayerEditor).action_close()
-        self.replan()
+        self.replan(settings)
 
     def action_apply(self) -> None:
         if not self.ready_to_apply():
             return
-        self.app.prune_settings = self.plan.settings
+        self.post_message(SettingsChanged(prune=self.planned_for))  # the choices; a target's solution is the plan's
         self.app.apply_plan(self.plan)

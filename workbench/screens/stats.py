@@ -16,7 +16,10 @@ from workbench.widgets.histogram import HistogramView
 
 if TYPE_CHECKING:  # types only: the screens import without torch
     from core.overview import Overview
+    from core.stats import NetworkStats
 
+PENDING = "…"  # a normality test not computed yet (the table shows before scipy is loaded)
+TESTS = {"W", "pW", "pJB"}  # the columns that wait for them
 # (column key, header, LayerStats attribute); the first two sort by text, the rest by value
 COLUMNS = [
     ("name", "layer", "name"), ("shape", "shape", "shape"),
@@ -80,12 +83,21 @@ class StatsScreen(WorkbenchScreen):
         self.filter_text = ""
 
     def show_overview(self, overview: Overview) -> None:
-        self.by_name = {layer.name: layer for layer in overview.stats.layers}
+        self.show_stats(overview.stats)
+
+    def show_stats(self, stats: NetworkStats) -> None:
+        """The table as soon as the statistics exist; the normality tests' cells show … until
+        they are in (then the same figures as a complete overview)."""
+        if stats is getattr(self, "stats_shown", None):
+            return  # the overview brought the statistics already shown
+        self.stats_shown = stats
+        self.by_name = {layer.name: layer for layer in stats.layers}
         self.paginate()
         self.fill_table()
 
     def cells(self, layer) -> dict[str, str]:
         return {key: layer.name if key == "name" else shape(layer.shape) if key == "shape" else
+                PENDING if key in TESTS and not layer.tested else
                 jb_p(layer.jb, layer.jb_p) if key == "pJB" else num(getattr(layer, attr)) for key, _, attr in COLUMNS}
 
     def paginate(self) -> None:
@@ -164,9 +176,11 @@ class StatsScreen(WorkbenchScreen):
 
     def show_layer(self, name: str) -> None:
         layer = self.by_name[name]
+        tests = (f"W {num(layer.shapiro_w)} (p {num(layer.shapiro_p, 2)})  JB {num(layer.jb)} "
+                 f"(p {jb_p(layer.jb, layer.jb_p)})") if layer.tested else \
+            f"W {PENDING}  JB {num(layer.jb)} (p {PENDING})  [dim]measuring the normality tests…[/]"
         self.query_one("#layer-line", Static).update(
-            f"[b]{name}[/] {shape(layer.shape)}  {layer.n_filters} filters × {layer.n_per_filter}  "
-            f"W {num(layer.shapiro_w)} (p {num(layer.shapiro_p, 2)})  JB {num(layer.jb)} (p {jb_p(layer.jb, layer.jb_p)})"
+            f"[b]{name}[/] {shape(layer.shape)}  {layer.n_filters} filters × {layer.n_per_filter}  {tests}"
             + (f"  [yellow]{'; '.join(layer.notes)}[/]" if layer.notes else "")
         )
         self.query_one("#weights-hist", HistogramView).show(layer.hist, "weights (• normal fit)")

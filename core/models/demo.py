@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from core.models.zoo import Arch
+from core.models.arch import Arch
 
-DEMO_WEIGHTS = Path(__file__).parent / "assets" / "demo_resnet20_digits.safetensors"
+DEMO_WEIGHTS = Path(__file__).parents[1] / "assets" / "demo_resnet20_digits.safetensors"
 
 
 def demo_arch() -> Arch:

@@ -1,0 +1,167 @@
+"""`[target] latency` and per-layer times of the prune plan (core/layer_times.py, core/budget.py).
+
+Timings are never asserted: a synthetic clock stands in for torch.utils.benchmark (a layer's time is
+a fixed cost plus its multiply-adds), so the solver's landing, the interpolation and the marking of
+slower layers are checked against a known per-layer table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from torch import nn
+
+from core import layer_times
+from core.budget import solve_decompose, solve_prune
+from core.chain import apply
+from core.decompose.plan import Decomposer
+from core.errors import WorkbenchError
+from core.measure import Latency, count_flops
+from core.models.checkpoint import load_model
+from core.overview import Opened
+from core.pipeline import replay
+from core.prune.plan import Planner
+from core.report import slower_notes
+from core.session import DecomposeSection, PruneSection, TargetSection, parse_session
+from tests.cli_runner import run_cli
+
+SESSIONS = Path(__file__).resolve().parents[1] / "sessions"
+INPUT = (1, 8, 8)
+
+
+class Clock:
+    """compare_latency's stand-in: each model takes 0.01 ms per conv/linear plus 1e-6 ms per FLOP
+    (the whole model the same, plus 0.05 ms for what is not a conv or linear); `slow` shapes
+    (input channels, output channels) take 1 ms more. Counts the calls."""
+
+    def __init__(self, slow: set[tuple[int, int]] = frozenset()):
+        self.calls, self.slow = 0, slow
+
+    def __call__(self, models: dict, input_shape, batch_sizes=(1,), device="cpu", **kw) -> dict:
+        self.calls += 1
+        out = {}
+        for name, model in models.items():
+            layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+            ms = 0.01 * len(layers) + 1e-6 * count_flops(model, tuple(input_shape)) + 0.05 * (len(layers) > 1)
+            if len(layers) == 1 and (layers[0].weight.shape[1] * getattr(layers[0], "groups", 1), layers[0].weight.shape[0]) \
+                    in self.slow:
+                ms += 1.0
+            out[name] = [Latency(ms, ms, 1, b, str(device)) for b in batch_sizes]
+        return out
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = Clock()
+    monkeypatch.setattr(layer_times, "compare_latency", fake)
+    return fake
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_model("demo")
+
+
+@pytest.mark.parametrize("settings, knob", [(PruneSection(strategy="P1"), "coef"),
+                                            (PruneSection(strategy="P4"), "percent"),
+                                            (PruneSection(strategy="P5", stage_ratios=[0.2, 0.4, 0.6],
+                                                          stage_bounds=[7, 13]), "stage_scale")])
+def test_prune_latency_target_lands_on_the_table(demo, clock, settings, knob):
+    planner = Planner(demo.model, demo.arch, INPUT)
+    solved, result = solve_prune(planner, settings, TargetSection(latency=0.7))
+    table = layer_times.table_for(planner, planner.model, planner.input_shape)
+    predicted = layer_times.prune_latency(planner, planner.plan(solved)) / table.model_ms()
+    assert (result.knob, result.metric, result.target) == (knob, "latency", 0.7)
+    assert result.achieved == pytest.approx(predicted) and abs(result.achieved - 0.7) < 0.03
+    calls = clock.calls   # the table is measured once: solving again times nothing new
+    assert solve_prune(planner, settings, TargetSection(latency=0.7))[1] == result and clock.calls == calls
+
+
+def test_decompose_latency_target_lands_on_the_table(demo, clock):
+    decomposer = Decomposer(demo.model, demo.arch, INPUT)
+    settings, result = solve_decompose(decomposer, DecomposeSection(), TargetSection(latency=0.8))
+    table = layer_times.table_for(decomposer, decomposer.model, decomposer.input_shape)
+    predicted = layer_times.decompose_latency(decomposer, decomposer.plan(settings)) / table.model_ms()
+    assert result.knob == "x" and settings.x == result.value and result.achieved == pytest.approx(predicted)
+    assert abs(result.achieved - 0.8) < 0.03
+    with pytest.raises(WorkbenchError, match="target: even at"):  # one layer cannot take off 80%
+        solve_decompose(decomposer, DecomposeSection(layers=["layer3.2.conv2"]), TargetSection(latency=0.2))
+
+
+def test_table_interpolates_between_grid_points_and_times_real_shapes(demo, clock):
+    table = layer_times.LatencyTable(demo.model, INPUT)
+    spec, cin, cout = table.layers["layer2.0.conv1"]          # 16 -> 32, stride 2, on 16x8x8 inputs
+    assert (spec.kind, spec.size, cin, cout) == ("conv", (8, 8), 16, 32)
+    assert table.layers["linear"][0].size == () and table.layers["linear"][1:] == (64, 10)
+    # the clock is bilinear in (input, output) channels: interpolation between grid points is exact
+    assert 20 not in layer_times.GRID and 40 not in layer_times.GRID
+    assert table.ms(spec, 20, 40) == pytest.approx(table.ms(spec, 20, 40, exact=True))
+    assert (spec, 20, 40) in table._points and (spec, 16, 32) in table._points   # grid corners measured
+    stand_in = layer_times.stand_in(demo.model.get_submodule("layer2.0.conv1"), "tucker2", (12, 10))
+    pieces = table.decomposed_ms("layer2.0.conv1", "tucker2", (12, 10))
+    assert pieces == pytest.approx(clock({"m": stand_in}, (16, 8, 8))["m"][0].median_ms - 0.05)
+
+
+def test_prune_plan_times_each_layer_and_marks_the_slower(demo, monkeypatch):
+    planner = Planner(demo.model, demo.arch, INPUT)
+    plan = planner.plan(PruneSection(strategy="P4", percent=0.5))
+    shrunk = next(layer for layer in plan.layers if layer.keep < layer.channels)
+    module = demo.model.get_submodule(shrunk.name)
+    producer_keep = {layer.name: layer.keep for layer in plan.layers}
+    resized = {m: (cin, cout) for m, cout, cin in planner.cost.resized(producer_keep)}
+    monkeypatch.setattr(layer_times, "compare_latency", Clock(slow={resized[module]}))
+    layer_times.time_prune_plan(planner, plan)
+    marked = {layer.name: layer.slower for layer in plan.layers if layer.slower}
+    before, after = shrunk.time_ms
+    same = {layer.name for layer in plan.layers if resized.get(demo.model.get_submodule(layer.name)) == resized[module]}
+    assert set(marked) == same and marked[shrunk.name] == f"slower: {before:.3f} -> {after:.3f} ms"
+    assert after > 1.0 > before
+    assert all(layer.time_ms is not None for layer in plan.layers) and plan.timing == ("cpu", 1)
+    assert plan.latency_ms[0] > 0 and plan.latency_ms[1] > 0
+    notes = slower_notes([{"name": "pruned", "layers": [{"name": shrunk.name, "time_ms": list(shrunk.time_ms)}]},
+                          {"name": "decomposed", "layers": [{"name": "c", "time_ms": [0.2, 0.3],
+                                                             "skipped": "not faster: 0.200 -> 0.300 ms"}]}])
+    assert notes == [f"- pruned {shrunk.name}: slower: {before:.3f} -> {after:.3f} ms",
+                     "- decomposed c: left whole, not faster: 0.200 -> 0.300 ms"]
+
+
+def test_replay_reports_the_latency_target_and_per_layer_times(tmp_path, clock):
+    session = tmp_path / "s.toml"
+    session.write_text((SESSIONS / "demo-p4.toml").read_text() + "\n[measure]\nbatch_sizes = [2]\n"
+                       "\n[target]\nlatency = 0.8\n")
+    replay(session, tmp_path / "run")
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    target, pruned = report["target"], report["steps"][1]
+    assert (target["metric"], target["knob"]) == ("latency", "percent") and abs(target["achieved"] - 0.8) < 0.03
+    assert target["measured"] == pytest.approx(pruned["latency_ms"] / report["steps"][0]["latency_ms"])
+    assert all(len(layer["time_ms"]) == 2 for layer in pruned["layers"]) and "slower" in pruned["layers"][0]
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert f"[target] latency = 0.8 of the baseline: solved percent = {target['value']:.6g}" in text
+    assert "(predicted from the per-layer times), measured" in text
+
+
+@pytest.mark.parametrize("value", ["0", "1", "1.5", "-0.2", '"fast"', "true"])
+def test_bad_latency_target_is_one_line(tmp_path, value):
+    session = tmp_path / "s.toml"
+    session.write_text((SESSIONS / "demo-p1.toml").read_text() + f"\n[target]\nlatency = {value}\n")
+    result = run_cli("replay", str(session), "--out", str(tmp_path / "r"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "error: " in result.stderr and "target.latency: give a fraction of the baseline" in result.stderr
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(WorkbenchError, match="one of flops, params or latency"):
+        parse_session('[model]\nname = "demo"\n[prune]\n[target]\nflops = 0.5\nlatency = 0.5\n')
+
+
+def test_a3_latency_target_is_a_fraction_of_the_opened_model(demo, clock):
+    """A3: x is solved on the pruned network, the target a fraction of the network as opened."""
+    planner = Planner(demo.model, demo.arch, INPUT)
+    pruned = apply(Opened(demo, None, INPUT), planner.plan(PruneSection(strategy="P4", percent=0.2)))
+    decomposer = Decomposer(pruned.model, pruned.loaded.arch, INPUT)
+    settings, result = solve_decompose(decomposer, DecomposeSection(), TargetSection(latency=0.6), None, demo.model)
+    opened_ms = layer_times.LatencyTable(demo.model, INPUT).model_ms()
+    predicted = layer_times.decompose_latency(decomposer, decomposer.plan(settings)) / opened_ms
+    assert result.achieved == pytest.approx(predicted) and abs(result.achieved - 0.6) < 0.03
+    calls = clock.calls   # the opened model is timed once, like the table
+    solve_decompose(decomposer, DecomposeSection(), TargetSection(latency=0.6), None, demo.model)
+    assert clock.calls == calls
