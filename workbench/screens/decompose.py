@@ -23,8 +23,8 @@ from core.layer_times import time_decomposed
 from core.session import DecomposeSection, LayerRanks
 from workbench import target_field
 from workbench.format import count, num, shape
-from workbench.messages import BudgetChanged, SettingsChanged
-from workbench.screens.base import WorkbenchScreen
+from workbench.messages import SettingsChanged
+from workbench.screens.base import PlanScreen
 from workbench.widgets.layer_edit import LayerEditor
 
 if TYPE_CHECKING:  # types only: the screens import without torch
@@ -47,13 +47,14 @@ def parse_ranks(text: str) -> LayerRanks | None:
                          "whole numbers >= 1")
 
 
-class DecomposeScreen(WorkbenchScreen):
+class DecomposeScreen(PlanScreen):
     BINDINGS = [
         Binding("e", "edit", "Ranks", id="decompose.edit"),
         Binding("space", "toggle", "On/off", id="decompose.toggle"),
         Binding("a", "apply", "Apply", id="decompose.apply"),
         Binding("t", "time_layers", "Time", id="decompose.time"),
     ]
+    STEP, TOOL = "decompose", "decomposer"
     HELP = ("[b]shape[/]    the layer's weight: out x in x kh x kw\n"
             "[b]ranks[/]    R_out R_in (Tucker-2) or the rank (CP3, SVD)\n"
             "[b]params[/]   parameters before → after\n"
@@ -192,48 +193,6 @@ class DecomposeScreen(WorkbenchScreen):
         """Post `settings` to the app and plan them."""
         self.post_message(SettingsChanged(decompose=settings))
         self.replan(settings)
-
-    def budget_changed(self) -> None:
-        """The target fields changed: post the [target] they give (and the decomposition it solves)."""
-        if self._filling or self.decomposer is None:
-            return
-        try:
-            budget = target_field.budget_from(self.query_one("#target-metric", Select).value,
-                                              self.query_one("#target-value", Input).value)
-        except WorkbenchError as exc:
-            self.out_of_date(str(exc))
-            return
-        if budget != self.budget:
-            self.budget = budget
-            self.post_message(BudgetChanged(budget))
-            if budget is not None and self.app.state.decompose is None:  # the session's last step
-                self.post_message(SettingsChanged(decompose=self.settings))
-        self.settings_changed()
-
-    def on_screen_resume(self) -> None:
-        """The Prune screen may have changed [target]: show it here too."""
-        if getattr(self, "decomposer", None) is not None and self.app.state.budget != self.budget:
-            self.fill_budget(self.app.state.budget)
-            self.settings_changed()
-
-    def fill_budget(self, budget) -> None:
-        self._filling, self.budget = True, budget
-        metric, text = target_field.metric_of(budget)
-        self.query_one("#target-metric", Select).value = metric
-        self.query_one("#target-value", Input).value = text
-        self._filling = False
-
-    def timing(self) -> tuple[str, int]:
-        """The device and first batch size of the Model screen's [measure] (default: cpu, 1)."""
-        m = self.app.state.measure
-        return (m.device, m.batch_sizes[0]) if m is not None else ("cpu", 1)
-
-    def action_time_layers(self) -> None:
-        """t: time each layer of this and every later plan (before and after); again to stop."""
-        self.timed = not self.timed
-        self.notify(f"timing each layer on {' batch '.join(map(str, self.timing()))}: a few seconds, cached"
-                    if self.timed else "per-layer times off")
-        self.settings_changed()
 
     @work(thread=True, exclusive=True, group="dplan", exit_on_error=False)
     def replan(self, settings: DecomposeSection) -> None:

@@ -27,8 +27,8 @@ from core.prune.strategies import STRATEGIES, p5_plan
 from core.session import LayerChoice, PruneSection
 from workbench import target_field
 from workbench.format import count, num
-from workbench.messages import BudgetChanged, SettingsChanged
-from workbench.screens.base import WorkbenchScreen
+from workbench.messages import SettingsChanged
+from workbench.screens.base import PlanScreen
 from workbench.widgets.layer_edit import LayerEditor
 
 if TYPE_CHECKING:  # types only: the screens import without torch
@@ -64,12 +64,13 @@ def parse_edit(text: str) -> LayerChoice | None:
                              "or a whole number of filters to keep (12)") from None
 
 
-class PruneScreen(WorkbenchScreen):
+class PruneScreen(PlanScreen):
     BINDINGS = [
         Binding("e", "edit", "Edit layer", id="prune.edit"),
         Binding("a", "apply", "Apply", id="prune.apply"),
         Binding("t", "time_layers", "Time", id="prune.time"),
     ]
+    STEP, TOOL = "prune", "planner"
     HELP = ("[b]id[/]     the layer's number (P5 stage ends and skip use it)\n"
             "[b]ch[/]     its filters (output channels)\n"
             "[b]T[/]      the layer statistic of P1-P3: W (P1), smoothed JB (P2), smoothed k3·k4 (P3)\n"
@@ -213,48 +214,6 @@ class PruneScreen(WorkbenchScreen):
             self.budget_changed()
         elif not isinstance(event.input, LayerEditor):
             self.settings_changed()
-
-    def budget_changed(self) -> None:
-        """The target fields changed: post the [target] they give and re-plan with it."""
-        if self._filling or self.planner is None:
-            return
-        try:
-            budget = target_field.budget_from(self.query_one("#target-metric", Select).value,
-                                              self.query_one("#target-value", Input).value)
-        except WorkbenchError as exc:
-            self.out_of_date(str(exc))
-            return
-        if budget != self.budget:
-            self.budget = budget
-            self.post_message(BudgetChanged(budget))
-            if budget is not None and self.app.state.prune is None:  # the step whose knob it solves
-                self.post_message(SettingsChanged(prune=self.settings))
-        self.settings_changed()
-
-    def on_screen_resume(self) -> None:
-        """The Decompose screen may have changed [target]: show it here too."""
-        if getattr(self, "planner", None) is not None and self.app.state.budget != self.budget:
-            self.fill_budget(self.app.state.budget)
-            self.settings_changed()
-
-    def fill_budget(self, budget) -> None:
-        self._filling, self.budget = True, budget
-        metric, text = target_field.metric_of(budget)
-        self.query_one("#target-metric", Select).value = metric
-        self.query_one("#target-value", Input).value = text
-        self._filling = False
-
-    def timing(self) -> tuple[str, int]:
-        """The device and first batch size of the Model screen's [measure] (default: cpu, 1)."""
-        m = self.app.state.measure
-        return (m.device, m.batch_sizes[0]) if m is not None else ("cpu", 1)
-
-    def action_time_layers(self) -> None:
-        """t: time each layer of this and every later plan (before and after); again to stop."""
-        self.timed = not self.timed
-        self.notify(f"timing each layer on {' batch '.join(map(str, self.timing()))}: a few seconds, cached"
-                    if self.timed else "per-layer times off")
-        self.settings_changed()
 
     def settings_changed(self) -> None:
         if self._filling or self.planner is None:
