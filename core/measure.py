@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from core.errors import WorkbenchError
 from core.models.arch import Arch
@@ -30,7 +29,10 @@ def count_params(model: nn.Module) -> int:
 @torch.no_grad()
 def count_flops(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     """FLOPs of one forward pass on one image, as torch.utils.flop_counter counts them
-    (2 per multiply-add, convolutions and matrix products)."""
+    (2 per multiply-add, convolutions and matrix products). The counter module (it imports
+    triton) loads here, after the statistics table is on screen."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     was_training = model.training
     model.eval()
     param = next(model.parameters(), None)

@@ -3,7 +3,11 @@
 `python -m tests.ddp_cases CASE OUT` with torchrun's variables set (RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT, LOCAL_RANK, LOCAL_WORLD_SIZE) trains a small model on the demo
 digits; a failure is injected on rank 1 only, as CASE says. Each process writes
-OUT/rank<r>.json: how its run ended (the error line, or "done"), and what the case observes."""
+OUT/rank<r>.json: how its run ended (the error line, or "done"), and what the case observes.
+
+`python -m tests.ddp_cases --serve` starts the rank processes of many cases: it imports torch
+and the trainer once, then for each request forks the ranks (real separate processes joined
+by gloo), so a case does not pay seconds of imports per process (see `serve`)."""
 
 from __future__ import annotations
 
@@ -11,18 +15,21 @@ import copy
 import dataclasses
 import json
 import os
+import signal
 import sys
+import time
+import traceback
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from core.data import load_data
-from core.models.demo import demo_arch
 from core.errors import WorkbenchError
 from core.finetune.settings import FinetuneStage
 from core.finetune.trainer import Placement, Stopped, Trainer, distributed
 from core.models.checkpoint import load_model
+from core.models.demo import demo_arch
 
 CASES = ("oom-forward", "oom-step", "oom-batch", "oom-eval", "nan", "stop", "unused", "dropout")
 
@@ -134,5 +141,58 @@ def main() -> None:
     (out / f"rank{rank}-of-{world}.json").write_text(json.dumps(result))
 
 
+def serve() -> None:
+    """Answer one JSON request per stdin line, {"case", "out", "world", "port", "timeout"}: fork
+    `world` rank processes with torchrun's variables set, each running `main` with its stdout and
+    stderr in OUT/rank<r>.log, and print one JSON line {"codes": exit codes, "hung": bool} once all
+    ended, or once `timeout` seconds passed (the ones left are killed: a hang)."""
+    for line in sys.stdin:
+        request = json.loads(line)
+        world, out = request["world"], Path(request["out"])
+        pids = []
+        for rank in range(world):
+            pid = os.fork()
+            if pid == 0:
+                _rank_process(request["case"], out, rank, world, request["port"])
+            pids.append(pid)
+        codes: dict[int, int] = {}
+        deadline = time.monotonic() + request["timeout"]
+        while len(codes) < world and time.monotonic() < deadline:
+            for pid in pids:
+                if pid not in codes:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                    if done:
+                        codes[pid] = os.waitstatus_to_exitcode(status)
+            time.sleep(0.01)
+        hung = len(codes) < world
+        for pid in pids:
+            if pid not in codes:
+                os.kill(pid, signal.SIGKILL)
+                codes[pid] = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        print(json.dumps({"codes": [codes[pid] for pid in pids], "hung": hung}), flush=True)
+
+
+def _rank_process(case: str, out: Path, rank: int, world: int, port: int) -> None:
+    """A forked rank: set torchrun's variables, run the case, exit with its status (never returns)."""
+    code = 1
+    try:
+        log = os.open(out / f"rank{rank}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                          LOCAL_WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        sys.argv = [sys.argv[0], case, str(out)]
+        main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001  (the log shows it; the test fails on the exit code)
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    serve() if sys.argv[1:] == ["--serve"] else main()

@@ -1,12 +1,10 @@
-"""The `workbench` command as a user runs it: real files; in-process (`run_cli`) except where
-the test is about a separate process (a user's class importable from its PYTHONPATH)."""
+"""The `workbench` command as a user runs it: real files, run in-process (`run_cli`): the same
+exit code, stdout and stderr, without a new interpreter per command."""
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
 
@@ -14,12 +12,6 @@ from core.measure import count_flops, count_params
 from core.models.checkpoint import load_model
 from tests.cli_runner import run_cli
 from tests.test_checkpoint import save_user_net
-
-
-def run_process(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=300)
-
 
 run = run_cli
 
@@ -83,10 +75,10 @@ def test_inspect_pickled_reference_model_without_flag(tmp_path, seeds):
 def test_inspect_user_model_needs_trust_pickle(tmp_path, monkeypatch):
     original, path = save_user_net(tmp_path, monkeypatch)
     args = ("inspect", "--checkpoint", str(path), "--input-size", "2x9x9", "--no-latency")
-    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # the class is importable, as for its user
-    assert_one_line_error(run_process(*args, env=env), "wb_user_nets.TinyNet", "--model", "--trust-pickle")
+    # save_user_net put tmp_path on sys.path: the class is importable, as for its user
+    assert_one_line_error(run(*args), "wb_user_nets.TinyNet", "--model", "--trust-pickle")
     out = tmp_path / "user.json"
-    result = run_process(*args, "--trust-pickle", "--json", str(out), env=env)
+    result = run(*args, "--trust-pickle", "--json", str(out))
     assert result.returncode == 0, result.stderr
     doc = json.loads(out.read_text())
     assert doc["model"] == "wb_user_nets:TinyNet" and doc["params"] == count_params(original)

@@ -127,6 +127,16 @@ def test_digits_shapes_and_split_sizes():
         d.test[359]
 
 
+def test_digits_file_reads_as_scikit_learn_loads_it():
+    from sklearn.datasets import load_digits
+
+    from core.data.digits import digits_arrays
+
+    pixels, labels = digits_arrays()
+    ref = load_digits()
+    assert np.array_equal(pixels, ref.data) and np.array_equal(labels, ref.target)
+
+
 def test_digits_splits_partition_the_data_and_are_seeded():
     from sklearn.datasets import load_digits
 

@@ -26,32 +26,39 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_case(case: str, out: Path, world: int = 2, timeout: float = 180) -> list[dict]:
-    """Start `world` processes of tests/ddp_cases.py CASE; a hang fails the test."""
-    out.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    procs = []
-    for rank in range(world):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-        procs.append(subprocess.Popen([sys.executable, "-m", "tests.ddp_cases", case, str(out)], cwd=REPO, env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    try:
-        for proc in procs:
-            proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        for proc in procs:
-            proc.kill()
-        pytest.fail(f"{case}: the processes hung (one waits in a collective the other never joins)")
-    for proc in procs:
-        stderr = proc.stderr.read()
-        assert proc.returncode == 0 and "Traceback" not in stderr, stderr[-3000:]
-    return [json.loads((out / f"rank{r}-of-{world}.json").read_text()) for r in range(world)]
+@pytest.fixture(scope="module")
+def rank_server():
+    """One `tests.ddp_cases --serve` process for the module: it forks each case's ranks."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen([sys.executable, "-m", "tests.ddp_cases", "--serve"], cwd=REPO, env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    yield server
+    server.stdin.close()
+    server.wait(timeout=60)
+
+
+@pytest.fixture
+def run_case(rank_server):
+    def run(case: str, out: Path, world: int = 2, timeout: float = 180) -> list[dict]:
+        """Run CASE on `world` gloo processes; a hang fails the test."""
+        out.mkdir(parents=True, exist_ok=True)
+        request = {"case": case, "out": str(out), "world": world, "port": free_port(), "timeout": timeout}
+        rank_server.stdin.write(json.dumps(request) + "\n")
+        rank_server.stdin.flush()
+        answer = rank_server.stdout.readline()
+        assert answer, "the rank server died"
+        answer = json.loads(answer)
+        if answer["hung"]:
+            pytest.fail(f"{case}: the processes hung (one waits in a collective the other never joins)")
+        for rank, code in enumerate(answer["codes"]):
+            log = (out / f"rank{rank}.log").read_text()
+            assert code == 0 and "Traceback" not in log, log[-3000:]
+        return [json.loads((out / f"rank{r}-of-{world}.json").read_text()) for r in range(world)]
+    return run
 
 
 @pytest.mark.parametrize("case, batch", [("oom-batch", 3), ("oom-forward", 3), ("oom-step", 3)])
-def test_out_of_memory_on_one_process_stops_both_at_the_same_batch(tmp_path, case, batch):
+def test_out_of_memory_on_one_process_stops_both_at_the_same_batch(run_case, tmp_path, case, batch):
     ranks = run_case(case, tmp_path)
     assert ranks[0]["ended"] == ranks[1]["ended"]  # the same one line on every process
     line = ranks[0]["ended"]
@@ -64,7 +71,7 @@ def test_out_of_memory_on_one_process_stops_both_at_the_same_batch(tmp_path, cas
     assert (document["epoch"], document["step"]) == (0, batch - 1)
 
 
-def test_out_of_memory_while_evaluating_stops_both(tmp_path):
+def test_out_of_memory_while_evaluating_stops_both(run_case, tmp_path):
     ranks = run_case("oom-eval", tmp_path)
     assert ranks[0]["ended"] == ranks[1]["ended"]
     assert ranks[0]["ended"].startswith("WorkbenchError: out of memory on process 1 (cpu) while evaluating "
@@ -72,20 +79,20 @@ def test_out_of_memory_while_evaluating_stops_both(tmp_path):
     assert not any(e["event"] == "epoch" for e in ranks[0]["events"])
 
 
-def test_nan_loss_on_one_process_stops_both(tmp_path):
+def test_nan_loss_on_one_process_stops_both(run_case, tmp_path):
     ranks = run_case("nan", tmp_path)
     assert ranks[0]["ended"] == ranks[1]["ended"]
     assert "loss became nan at stage 1, epoch 1, by batch 3" in ranks[0]["ended"]
     assert load_checkpoint(tmp_path / "ft.ckpt")["step"] == 2
 
 
-def test_stop_on_one_process_stops_both_at_the_next_logged_batch(tmp_path):
+def test_stop_on_one_process_stops_both_at_the_next_logged_batch(run_case, tmp_path):
     ranks = run_case("stop", tmp_path)
     assert ranks[0]["ended"] == ranks[1]["ended"] == "Stopped: stopped at stage 1 (ce), epoch 1, batch 2/4"
     assert ranks[0]["events"][-1]["event"] == "stopped"
 
 
-def test_unused_parameters_train_as_in_one_process(tmp_path):
+def test_unused_parameters_train_as_in_one_process(run_case, tmp_path):
     """A parameter no loss reaches gets no gradient on any process (DistributedDataParallel
     without find_unused_parameters refuses this model); the weights match one process."""
     two = run_case("unused", tmp_path / "two")
@@ -97,7 +104,7 @@ def test_unused_parameters_train_as_in_one_process(tmp_path):
     assert two[0]["weights"]["unused.weight"] == one[0]["weights"]["unused.weight"]  # never stepped
 
 
-def test_each_process_draws_its_own_dropout(tmp_path):
+def test_each_process_draws_its_own_dropout(run_case, tmp_path):
     ranks = run_case("dropout", tmp_path)
     assert ranks[0]["ended"] == ranks[1]["ended"] == "done"
     assert len(ranks[0]["mask"]) == len(ranks[1]["mask"]) and ranks[0]["mask"] != ranks[1]["mask"]

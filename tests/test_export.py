@@ -3,9 +3,7 @@ checked against torch; options (step, opset, dynamic batch) and one-line errors.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import onnx
@@ -18,6 +16,7 @@ from core.errors import WorkbenchError
 from core.export import FORMATS, Source, export_model, load_source, run_steps
 from core.models.checkpoint import load_model
 from core.pipeline import replay
+from tests.cli_runner import run_cli
 
 SESSION = """version = 1
 [model]
@@ -48,9 +47,7 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "workbench", *args], capture_output=True, text=True, env=env,
-                          cwd=cwd, timeout=600)
+    return run_cli(*args, cwd=cwd)
 
 
 def test_run_steps_in_pipeline_order_with_report_names(run_dir):

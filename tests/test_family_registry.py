@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import ResNetConfig, ResNetForImageClassification
 
 from core.decompose.plan import Decomposer
 from core.finetune.segments import block_names, resolve_pivots
@@ -45,6 +44,11 @@ CORE = Path(__file__).resolve().parents[1] / "core"
 
 @pytest.fixture(scope="module")
 def hf_folder(tmp_path_factory) -> str:
+    from transformers import (  # 4 s: only where used
+        ResNetConfig,
+        ResNetForImageClassification,
+    )
+
     config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=10,
                           layer_type="basic")
     folder = tmp_path_factory.mktemp("hf") / "model"

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import operator
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -22,11 +20,12 @@ from torch import nn
 import core.finetune.trainer as trainer_module
 import core.pipeline as pipeline
 from core.data import load_data
-from core.models.demo import demo_arch
 from core.errors import WorkbenchError
 from core.finetune.settings import FinetuneStage
 from core.finetune.trainer import Placement, Stopped, Trainer, load_checkpoint
 from core.models.checkpoint import load_model
+from core.models.demo import demo_arch
+from tests.cli_runner import run_cli
 from workbench.replay_view import plain_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,8 +156,7 @@ def test_amp_without_cuda_is_refused_in_one_line(teacher, digits, tmp_path):
         run(teacher, digits, FinetuneStage(mode="ce", amp="bf16"))
     (tmp_path / "s.toml").write_text('version = 1\n[model]\nname = "demo"\n[data]\nspec = "demo"\n[prune]\nstrategy = "P1"\n'
                                      '[[finetune]]\nmode = "ce"\namp = "fp16"\n')
-    done = subprocess.run([sys.executable, "-m", "workbench", "replay", str(tmp_path / "s.toml"), "--out",
-                           str(tmp_path / "run"), "--no-latency"], capture_output=True, text=True, cwd=REPO)
+    done = run_cli("replay", str(tmp_path / "s.toml"), "--out", str(tmp_path / "run"), "--no-latency", cwd=REPO)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith('error: finetune[0].amp = "fp16" needs a CUDA GPU')
     assert not (tmp_path / "run").exists()  # refused before anything was computed or written

@@ -3,19 +3,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import timm
 import torch
-from transformers import ResNetConfig, ResNetForImageClassification
 
 from core.errors import WorkbenchError
 from core.models.checkpoint import load_model, save_model
 from core.stats import conv_layers
+from tests.cli_runner import run_cli
 
 TIMM = "timm:test_resnet"
 
@@ -48,6 +45,11 @@ def test_unknown_timm_model_is_one_error():
 
 @pytest.fixture
 def hf_folder(tmp_path):
+    from transformers import (  # 4 s: only where used
+        ResNetConfig,
+        ResNetForImageClassification,
+    )
+
     config = ResNetConfig(num_channels=3, embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], num_labels=4,
                           layer_type="basic")
     torch.manual_seed(0)
@@ -78,10 +80,8 @@ def test_hugging_face_new_class_count_and_missing_folder(hf_folder, tmp_path):
 
 
 def test_cli_inspects_a_timm_model(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "workbench", "inspect", "--model", TIMM, "--num-classes", "3",
-                             "--input-size", "3x32x32", "--no-latency", "--json", str(tmp_path / "s.json")],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = run_cli("inspect", "--model", TIMM, "--num-classes", "3", "--input-size", "3x32x32", "--no-latency",
+                     "--json", str(tmp_path / "s.json"))
     assert result.returncode == 0, result.stderr
     assert "timm:test_resnet" in result.stdout and '"name": "conv1.0"' in (tmp_path / "s.json").read_text()
 

@@ -4,9 +4,6 @@ write every loss term, accuracy, lr and images/s of the events, and nothing by d
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from core.finetune.rundir import read_events
 from core.pipeline import replay
 from core.tracking import scalars
+from tests.cli_runner import run_cli
 
 SESSION = """version = 1
 [model]
@@ -80,13 +78,11 @@ def test_csv_has_a_row_per_training_event_and_a_column_per_loss_term(logged_run)
 
 def test_cli_flags_and_nothing_by_default(tmp_path):
     (tmp_path / "s.toml").write_text(SESSION)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     plain = tmp_path / "plain"
     replay(tmp_path / "s.toml", plain, latency=False)
     assert not list(plain.glob("events.out.tfevents.*")) and not (plain / "metrics.csv").exists()
-    result = subprocess.run([sys.executable, "-m", "workbench", "replay", str(tmp_path / "s.toml"), "--out",
-                             str(tmp_path / "flags"), "--no-latency", "--tensorboard", "--csv"],
-                            capture_output=True, text=True, env=env, timeout=600)
+    result = run_cli("replay", str(tmp_path / "s.toml"), "--out", str(tmp_path / "flags"), "--no-latency",
+                     "--tensorboard", "--csv")
     assert result.returncode == 0, result.stderr
     assert list((tmp_path / "flags").glob("events.out.tfevents.*")) and (tmp_path / "flags" / "metrics.csv").is_file()
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-from scipy.optimize import minimize_scalar
 
 from core.errors import WorkbenchError
 
@@ -90,6 +89,8 @@ def vbmf_rank(matrix: torch.Tensor) -> int:
     grid = torch.logspace(math.log10(lower), math.log10(upper), _EVB_GRID, dtype=torch.float64)
     best = int(torch.argmin(_evb_objective(grid, s2, cols, alpha, x_bar)))
     lo, hi = float(grid[max(best - 1, 0)]), float(grid[min(best + 1, _EVB_GRID - 1)])
+    from scipy.optimize import minimize_scalar  # noqa: PLC0415  (0.6 s to import: only when ranks are estimated)
+
     sigma2 = lo if lo == hi else minimize_scalar(
         lambda v: float(_evb_objective(torch.tensor([v], dtype=torch.float64), s2, cols, alpha, x_bar)[0]),
         bounds=(lo, hi), method="bounded").x

@@ -20,8 +20,8 @@ HISTORY_INPUT = "pruning_input_shape"
 
 def dependency_graph(model: nn.Module, input_shape: Sequence[int], label: str | None = None):
     """torch-pruning's dependency graph of `model`, traced on one zero image of `input_shape`
-    (torch-pruning, which imports timm, is loaded only here: opening a model does not need it)."""
-    import torch_pruning as tp
+    (torch-pruning is loaded only here: opening a model does not need it)."""
+    from core.models.torch_pruning_lib import tp
 
     was_training = model.training
     param = next(model.parameters(), None)

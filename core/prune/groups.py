@@ -12,18 +12,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch_pruning as tp
 from torch import nn
-from torch_pruning.ops import OPTYPE
 
 from core.errors import WorkbenchError
 from core.models.arch import Arch
 from core.models.family import family_of
 from core.models.pruning_history import dependency_graph
+from core.models.torch_pruning_lib import tp
 
 __all__ = ["ChannelGroup", "Effect", "dependency_graph", "graph_groups", "group_effects", "prunable_groups",
            "unsupported_layers"]
 
+OPTYPE = tp.ops.OPTYPE
 # torch-pruning ops that pass channels through unchanged and hold no weights
 PASSIVE = (OPTYPE.ELEMENTWISE, OPTYPE.CONCAT, OPTYPE.RESHAPE)
 

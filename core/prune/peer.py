@@ -16,10 +16,10 @@ import warnings
 from typing import TYPE_CHECKING
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from core.errors import WorkbenchError
+from core.models.torch_pruning_lib import tp
 from core.prune.groups import dependency_graph, group_effects
 
 if TYPE_CHECKING:

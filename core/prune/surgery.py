@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from core.atomic import atomic_path
@@ -30,6 +29,7 @@ from core.models.pruning_history import (
     dependency_graph,
     rebuild_structure,
 )
+from core.models.torch_pruning_lib import tp
 from core.prune.groups import graph_groups
 
 __all__ = ["HISTORY", "HISTORY_INPUT", "apply_pruning", "rebuild_structure", "save_reference_format"]
