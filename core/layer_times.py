@@ -23,6 +23,7 @@ from torch import nn
 from core.measure import compare_latency
 
 REPEATS = 7        # interleaved rounds per layer
+TABLE_REPEATS = 5  # rounds per point of the latency table (many points; each in the model's memory format)
 BLOCK_S = 0.005    # each timed block runs at least this long
 
 
@@ -184,13 +185,15 @@ class LatencyTable:
                        if (spec := spec_of(modules[name], shape)) is not None}
         self._points: dict[tuple, float] = {}
         self._model_ms: float | None = None
+        self._channels_last: bool | None = None
         self._full_ms: float | None = None
 
     def model_ms(self) -> float:
-        """The whole model's forward time (ms), measured once."""
+        """The whole model's forward time (ms), measured once, in its faster memory format."""
         if self._model_ms is None:
-            self._model_ms = compare_latency({"model": self.model}, self.input_shape, (self.batch,), self.device,
-                                             repeats=REPEATS)["model"][0].median_ms
+            measured = compare_latency({"model": self.model}, self.input_shape, (self.batch,), self.device,
+                                       repeats=REPEATS)["model"][0]
+            self._model_ms, self._channels_last = measured.median_ms, measured.channels_last
         return self._model_ms
 
     def measure(self, points: list[tuple[Spec, int, int]]) -> None:
@@ -198,9 +201,11 @@ class LatencyTable:
         todo = list(dict.fromkeys(p for p in points if p not in self._points))
         if not todo:
             return
+        self.model_ms()  # the layers run in the model's memory format
         for spec, cin, cout in todo:  # one call each: the points differ in their input shape
             measured = compare_latency({"m": spec.module(cin, cout)}, spec.input_shape(cin), (self.batch,),
-                                       self.device, repeats=REPEATS, block_s=BLOCK_S)
+                                       self.device, repeats=TABLE_REPEATS, block_s=BLOCK_S,
+                                       channels_last=self._channels_last)
             self._points[spec, cin, cout] = measured["m"][0].median_ms
 
     def ms(self, spec: Spec, cin: int, cout: int, exact: bool = False) -> float:

@@ -97,11 +97,15 @@ def parse_batch_sizes(text: str | list[int] | tuple[int, ...]) -> tuple[int, ...
     return tuple(dict.fromkeys(sizes))
 
 
-def _formats(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[bool, nn.Module]]:
-    """The model as it is, and for image models a channels-last copy (the caller's model is untouched)."""
+def _formats(model: nn.Module, input_shape: tuple[int, ...], channels_last: bool | None) -> list[tuple[bool, nn.Module]]:
+    """The model as it is, and for image models a channels-last copy (the caller's model is
+    untouched); `channels_last` True or False keeps only that one."""
     variants = [(False, model)]
     if len(input_shape) == 3 and any(isinstance(m, nn.Conv2d) for m in model.modules()):
-        variants.append((True, copy.deepcopy(model).to(memory_format=torch.channels_last)))
+        if channels_last is not False:
+            variants.append((True, copy.deepcopy(model).to(memory_format=torch.channels_last)))
+        if channels_last:
+            variants.pop(0)
     return variants
 
 
@@ -116,12 +120,13 @@ def _quantile(values: list[float], q: float) -> float:
 @torch.no_grad()
 def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], batch_sizes: tuple[int, ...] = (1,),
                     device: str | torch.device = "cpu", warmup: int = 3, repeats: int = 15,
-                    block_s: float = BLOCK_S) -> dict[str, list[Latency]]:
+                    block_s: float = BLOCK_S, channels_last: bool | None = None) -> dict[str, list[Latency]]:
     """Forward-pass time of each model at each batch size on `device`, with torch.utils.benchmark
     (CUDA synchronised): `warmup` untimed calls, then `repeats` rounds in which every model runs one
     timed block of calls in turn, so that a busy moment of the machine hurts all models alike and
     their ratios hold. Each model runs in the memory format (contiguous or channels-last) that was
-    faster in the warm-up. Median, minimum and interquartile range are over the rounds."""
+    faster in the warm-up (`channels_last` True or False: only that one). Median, minimum and
+    interquartile range are over the rounds."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note on CPU machines
     from torch.utils import benchmark
 
@@ -133,9 +138,9 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
         for name, model in models.items():
             model.to(device).eval()
             best = None
-            for channels_last, variant in _formats(model, input_shape):
+            for last, variant in _formats(model, input_shape, channels_last):
                 variant.to(device).eval()
-                fmt = torch.channels_last if channels_last else torch.contiguous_format
+                fmt = torch.channels_last if last else torch.contiguous_format
                 x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt) \
                     if len(input_shape) == 3 else torch.randn(batch, *input_shape, device=device)
                 timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x})
@@ -144,16 +149,16 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                 number = max(1, int(block_s / max(per_call, 1e-9)))
                 per_call = timer.timeit(number).median
                 if best is None or per_call < best[0]:
-                    best = (per_call, channels_last, timer, number)
+                    best = (per_call, last, timer, number)
             timers[name] = best[1:]
         times: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(repeats):
             for name, (_, timer, number) in timers.items():
                 times[name].append(timer.timeit(number).median * 1e3)
-        for name, (channels_last, _, _) in timers.items():
+        for name, (last, _, _) in timers.items():
             t = times[name]
             results[name].append(Latency(statistics.median(t), min(t), repeats, batch, str(device),
-                                         _quantile(t, 0.75) - _quantile(t, 0.25), channels_last))
+                                         _quantile(t, 0.75) - _quantile(t, 0.25), last))
     for name, (home, training) in homes.items():  # the callers' models as they were
         models[name].train(training)
         if home is not None:

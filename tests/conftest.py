@@ -7,9 +7,14 @@ thread pools on a small machine."""
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ["OMP_NUM_THREADS"] = "1"  # before torch is imported, and inherited by subprocesses
 os.environ["MKL_NUM_THREADS"] = "1"
+# Keep compiled modules (.pyc) even where the environment sets PYTHONDONTWRITEBYTECODE (this
+# project's machines do): otherwise each of the suite's processes compiles the project again.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 from pathlib import Path  # noqa: E402
 

@@ -36,6 +36,28 @@ def test_each_model_at_each_batch_size_leaves_the_models_alone():
                                                    "channels_last", "noisy"]
 
 
+def test_a_memory_format_can_be_fixed_and_the_table_uses_the_models(monkeypatch):
+    import core.layer_times
+    from core.layer_times import LatencyTable
+
+    demo = load_model("demo").model
+    for fixed in (True, False):
+        lat = compare_latency({"demo": demo}, (1, 8, 8), (2,), repeats=2, channels_last=fixed)["demo"][0]
+        assert lat.channels_last is fixed
+    assert all(p.is_contiguous() for p in demo.parameters())
+    seen = []
+
+    def spy(models, shape, batches, device, **kw):
+        seen.append(kw.get("channels_last"))
+        return compare_latency(models, shape, batches, device, **kw)
+
+    monkeypatch.setattr(core.layer_times, "compare_latency", spy)
+    table = LatencyTable(demo, (1, 8, 8))
+    table.layer_ms(next(iter(table.layers)), exact=True)
+    # the whole model chooses its format, then each layer point is timed in it only
+    assert seen == [None, table._channels_last] and isinstance(table._channels_last, bool)
+
+
 def test_spread_warning_names_what_is_untrustworthy():
     steady = Latency(10.0, 9.9, 15, 1, "cpu", iqr_ms=0.5)
     shaky = Latency(10.0, 6.0, 15, 64, "cpu", iqr_ms=3.0)
