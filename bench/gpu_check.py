@@ -149,7 +149,7 @@ def main() -> None:
 
     print(f"\n3. latency on {device} (ms, median of interleaved rounds; x = speed-up over baseline)")
     models = {name: m.to(device).eval() for name, m in compressed_models(build(ARCH).eval()).items()}
-    measured = compare_latency(models, SHAPE, sizes, device, repeats=3 if args.quick else 15)
+    measured = compare_latency(models, SHAPE, sizes, device, **(dict(repeats=3, block_s=0.002) if args.quick else {}))
     for name, lats in measured.items():
         base = measured["baseline"]
         cells = "  ".join(f"b{lat.batch}: {lat.median_ms:8.3f} ({base[i].median_ms / lat.median_ms:4.2f}x"

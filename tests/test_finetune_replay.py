@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from core.finetune.rundir import read_events, read_status
 from core.pipeline import replay
+from tests.cli_runner import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = REPO / "sessions"
@@ -110,8 +111,7 @@ def test_sigterm_checkpoints_then_resume_finishes(tmp_path, straight):
     assert "Traceback" not in "\n".join(err)
     assert read_status(out)["state"] == "stopped" and read_events(out)[-1]["event"] == "stopped"
     # a plain replay into this folder is refused: it would throw the run away
-    again = subprocess.run([sys.executable, "-m", "workbench", "replay", str(tmp_path / "s.toml"), "--out", str(out)],
-                           capture_output=True, text=True, cwd=REPO)
+    again = run_cli("replay", str(tmp_path / "s.toml"), "--out", str(out), cwd=REPO)
     assert again.returncode == 2 and "pass --resume" in again.stderr
     resumed = start(tmp_path / "s.toml", out, "--resume")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
@@ -130,8 +130,8 @@ def test_resume_refusals(tmp_path, straight):
 
 def test_torchrun_two_gloo_processes_match_one(tmp_path):
     """DDP on the same global batch (32 images per process) gives the single-process weights."""
-    from core.models.zoo import Arch, build
     from core.models.checkpoint import save_model
+    from core.models.zoo import Arch, build
 
     torch.manual_seed(0)
     arch = Arch("tests.fixtures_models:plain_digits_net", 10, 1)
