@@ -67,6 +67,7 @@ def distributed():
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     try:
         yield
+        dist.barrier()  # every rank done before any tears its connections down (gloo may abort otherwise)
     finally:
         dist.destroy_process_group()
 
