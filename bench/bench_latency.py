@@ -89,35 +89,35 @@ def pruned_lines(batches: tuple[int, ...], quick: bool) -> None:
          "resnet50", "resnet50 P4", flops)
 
 
+def solve_line(label: str, solve, *args) -> None:
+    """Run one budget solve and print where it lands and how long it took."""
+    start = time.perf_counter()
+    _, solved = solve(*args)
+    seconds = time.perf_counter() - start
+    where = "predicted" if solved.metric == "latency" else "achieved"
+    print(f"{label} [target] {solved.metric} = {solved.target:g}: {solved.knob} = {solved.value:.4g}, {where} "
+          f"{solved.achieved:.4f} ({abs(solved.achieved / solved.target - 1):.2%} off), solved in {seconds:.2f} s")
+
+
 def target_lines() -> None:
     """Where each `[target]` lands and how long its solve takes (the planner's statistics already
-    computed, as in the TUI); a latency target's first solve includes timing its table's points."""
+    computed, as in the TUI); a latency target (cpu, batch 1) is predicted from the per-layer time
+    table, and its first solve includes timing the table's points."""
     torch.manual_seed(0)
+    flops, latency = TargetSection(flops=0.5), TargetSection(latency=0.8)
     for name, classes, shape in (("resnet56", 10, CIFAR), ("resnet50", 1000, (3, 224, 224))):
         arch = Arch(name, classes)
         model = build(arch).eval()
         planner = Planner(model, arch, shape)
         planner.plan(PruneSection(strategy="P1"))  # the statistics, as the Weights screen has them
-        goal = TargetSection(flops=0.5)
-        p5 = [PruneSection(strategy="P5", variant="C")] if name == "resnet56" else []  # its predefined stages
-        for settings in (PruneSection(strategy="P1"), PruneSection(strategy="P4"), *p5):
-            start = time.perf_counter()
-            _, solved = solve_prune(planner, settings, goal)
-            print(f"{name} {settings.strategy} [target] flops = 0.5: {solved.knob} = {solved.value:.4g}, achieved "
-                  f"{solved.achieved:.4f} ({abs(solved.achieved / 0.5 - 1):.2%} off), solved in "
-                  f"{time.perf_counter() - start:.2f} s")
+        p1, p4 = PruneSection(strategy="P1"), PruneSection(strategy="P4")
+        cases = [(p1, flops), (p4, flops)]
+        if name == "resnet56":  # P5's predefined stages, and latency targets
+            cases += [(PruneSection(strategy="P5", variant="C"), flops), (p4, latency), (p1, latency)]
+        for settings, target in cases:
+            solve_line(f"{name} {settings.strategy}", solve_prune, planner, settings, target)
         if name == "resnet56":
-            start = time.perf_counter()
-            _, solved = solve_decompose(Decomposer(model, arch, shape), DecomposeSection(), goal)
-            print(f"{name} tucker2 [target] flops = 0.5: x = {solved.value:.4g}, achieved {solved.achieved:.4f} "
-                  f"({abs(solved.achieved / 0.5 - 1):.2%} off), solved in {time.perf_counter() - start:.2f} s")
-            latency = TargetSection(latency=0.8)
-            for settings in (PruneSection(strategy="P4"), PruneSection(strategy="P1")):
-                start = time.perf_counter()
-                _, solved = solve_prune(planner, settings, latency)
-                print(f"{name} {settings.strategy} [target] latency = 0.8 (cpu, batch 1): {solved.knob} = "
-                      f"{solved.value:.4g}, predicted {solved.achieved:.4f}, solved in "
-                      f"{time.perf_counter() - start:.2f} s (the first includes timing the table's points)")
+            solve_line(f"{name} tucker2", solve_decompose, Decomposer(model, arch, shape), DecomposeSection(), flops)
 
 
 if __name__ == "__main__":
