@@ -89,14 +89,15 @@ def pruned_lines(batches: tuple[int, ...], quick: bool) -> None:
          "resnet50", "resnet50 P4", flops)
 
 
-def solve_line(label: str, solve, *args) -> None:
-    """Run one budget solve and print where it lands and how long it took."""
+def solve_line(label: str, solve, *args):
+    """Run one budget solve, print where it lands and how long it took; return the solved settings."""
     start = time.perf_counter()
-    _, solved = solve(*args)
+    settings, solved = solve(*args)
     seconds = time.perf_counter() - start
     where = "predicted" if solved.metric == "latency" else "achieved"
     print(f"{label} [target] {solved.metric} = {solved.target:g}: {solved.knob} = {solved.value:.4g}, {where} "
           f"{solved.achieved:.4f} ({abs(solved.achieved / solved.target - 1):.2%} off), solved in {seconds:.2f} s")
+    return settings
 
 
 def target_lines() -> None:
@@ -115,7 +116,13 @@ def target_lines() -> None:
         if name == "resnet56":  # P5's predefined stages, and latency targets
             cases += [(PruneSection(strategy="P5", variant="C"), flops), (p4, latency), (p1, latency)]
         for settings, target in cases:
-            solve_line(f"{name} {settings.strategy}", solve_prune, planner, settings, target)
+            solved = solve_line(f"{name} {settings.strategy}", solve_prune, planner, settings, target)
+            if target is latency:  # the pruned model against the original, timed interleaved
+                pruned, _ = apply_pruning(model, arch, planner.plan(solved).keep(), shape)
+                measured = compare_latency({"original": model, "pruned": pruned}, shape, (1,))
+                ratio = measured["pruned"][0].median_ms / measured["original"][0].median_ms
+                print(f"    measured: {ratio:.4f} of the original's time (spread {measured['pruned'][0].spread:.0%}/"
+                      f"{measured['original'][0].spread:.0%})")
         if name == "resnet56":
             solve_line(f"{name} tucker2", solve_decompose, Decomposer(model, arch, shape), DecomposeSection(), flops)
 
