@@ -251,3 +251,28 @@ def test_svd_linear_layers_reload_without_pickle(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded.model(x), new.eval()(x), rtol=0, atol=0)
     assert count_params(loaded.model) == plan.params[1]
+
+
+def test_layers_build_in_parallel_with_the_same_result_as_one_by_one(norm, monkeypatch):
+    """The Decomposer builds the planned layers on torch's thread count at once, one torch thread
+    each (core.decompose.layers.in_parallel): the modules equal those built one by one, in order,
+    and torch's thread count is restored."""
+    import core.decompose.layers as layers_module
+    from core.decompose.layers import in_parallel
+
+    threads_seen = []
+    assert in_parallel(lambda x: (x * x, threads_seen.append(torch.get_num_threads())), list(range(7))) == \
+        [(x * x, None) for x in range(7)]
+    assert threads_seen == [1] * 7
+    model, arch = norm.model, norm.arch
+    settings = DecomposeSection(method="cp3", x=1.71, layers=["layer1.0.conv1", "layer2.0.conv1", "layer3.0.conv2"])
+    torch.set_num_threads(2)
+    parallel = Decomposer(model, arch, (3, 32, 32))
+    plan = parallel.plan(settings, errors=True)
+    assert torch.get_num_threads() == 2 and len(plan.decomposed) == 3
+    monkeypatch.setattr(layers_module.torch, "get_num_threads", lambda: 1)  # in_parallel runs them in turn
+    serial = Decomposer(model, arch, (3, 32, 32))
+    serial.plan(settings, errors=True)
+    for layer in plan.decomposed:
+        for a, b in zip(parallel.decomposed(layer).state_dict().values(), serial.decomposed(layer).state_dict().values()):
+            assert torch.equal(a, b), layer.name

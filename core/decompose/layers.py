@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -11,6 +14,25 @@ from torch import nn
 from core.decompose.cp import cp3
 from core.decompose.svd import truncated_svd
 from core.decompose.tucker import tucker2
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def in_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """`[fn(item) for item in items]`, on as many threads as torch's intra-op setting, each torch op
+    single-threaded meanwhile: the small factorizations of a decomposition (Cholesky solves, SVDs of
+    one layer) keep a core busy each rather than share both cores per op. In order, and the same
+    results whatever the thread count (every item is computed with one intra-op thread)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if threads == 1 or len(items) < 2:
+            return [fn(item) for item in items]
+        with ThreadPoolExecutor(min(threads, len(items))) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None, like: nn.Conv2d | None = None,

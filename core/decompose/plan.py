@@ -18,8 +18,22 @@ from functools import partial
 import torch
 from torch import nn
 
-from core.decompose.layers import composed_weight, cp_conv, relative_error, svd_linear, tucker_conv
-from core.decompose.ranks import cp_rank, max_cp_rank, svd_rank, tucker_ranks, vbmf_rank, vbmf_ranks
+from core.decompose.layers import (
+    composed_weight,
+    cp_conv,
+    in_parallel,
+    relative_error,
+    svd_linear,
+    tucker_conv,
+)
+from core.decompose.ranks import (
+    cp_rank,
+    max_cp_rank,
+    svd_rank,
+    tucker_ranks,
+    vbmf_rank,
+    vbmf_ranks,
+)
 from core.decompose.settings import DecomposeSection, LayerRanks
 from core.errors import WorkbenchError
 from core.measure import count_flops, count_params
@@ -77,6 +91,10 @@ def _cost(method: str, shape: tuple, ranks: tuple[int, ...], bias: bool, site: _
     middle = r_out * r_in * kh * kw if method == "tucker2" else ranks[0] * kh * kw
     params = r_in * cin + middle + cout * r_out + b
     return params, 2 * (site.in_positions * r_in * cin + site.out_positions * (middle + cout * r_out))
+
+
+def _key(layer: LayerDecomposition) -> tuple:
+    return layer.name, layer.method, layer.ranks
 
 
 def build_layer(module: nn.Module, layer: LayerDecomposition) -> nn.Sequential:
@@ -241,6 +259,7 @@ class Decomposer:
             from core.layer_times import skip_slower
             skip_slower(self, layers)
         if errors:
+            self.build([layer for layer in layers if layer.skipped is None])
             for layer in layers:
                 if layer.skipped is None:
                     layer.error = self._error(layer)
@@ -258,12 +277,16 @@ class Decomposer:
             raise WorkbenchError(f"{name} is not decomposed: {layer.skipped}")
         return self._error(layer)
 
+    def build(self, layers: list[LayerDecomposition]) -> None:
+        """Decompose the layers not built yet, several at once (`in_parallel`)."""
+        todo = list({_key(layer): layer for layer in layers if _key(layer) not in self._built}.values())
+        built = in_parallel(lambda layer: build_layer(self.sites[layer.name].module, layer), todo)
+        self._built.update({_key(layer): seq for layer, seq in zip(todo, built)})
+
     def decomposed(self, layer: LayerDecomposition) -> nn.Sequential:
         """The module replacing `layer` (built once per method and ranks)."""
-        key = (layer.name, layer.method, layer.ranks)
-        if key not in self._built:
-            self._built[key] = build_layer(self.sites[layer.name].module, layer)
-        return self._built[key]
+        self.build([layer])
+        return self._built[_key(layer)]
 
     def _error(self, layer: LayerDecomposition) -> float:
         return relative_error(self.sites[layer.name].module.weight, composed_weight(self.decomposed(layer)))
