@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from threading import Lock
 from typing import TypeVar
 
 import torch
@@ -17,6 +18,7 @@ from core.decompose.tucker import tucker2
 
 T = TypeVar("T")
 R = TypeVar("R")
+_ONE_AT_A_TIME = Lock()  # torch's thread count is process-wide: two overlapping calls would restore it wrongly
 
 
 def in_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
@@ -24,15 +26,16 @@ def in_parallel(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
     single-threaded meanwhile: the small factorizations of a decomposition (Cholesky solves, SVDs of
     one layer) keep a core busy each rather than share both cores per op. In order, and the same
     results whatever the thread count (every item is computed with one intra-op thread)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        if threads == 1 or len(items) < 2:
-            return [fn(item) for item in items]
-        with ThreadPoolExecutor(min(threads, len(items))) as pool:
-            return list(pool.map(fn, items))
-    finally:
-        torch.set_num_threads(threads)
+    with _ONE_AT_A_TIME:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            if threads == 1 or len(items) < 2:
+                return [fn(item) for item in items]
+            with ThreadPoolExecutor(min(threads, len(items))) as pool:
+                return list(pool.map(fn, items))
+        finally:
+            torch.set_num_threads(threads)
 
 
 def _conv(weight: torch.Tensor, bias: torch.Tensor | None = None, like: nn.Conv2d | None = None,
