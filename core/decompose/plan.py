@@ -18,22 +18,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from core.decompose.layers import (
-    composed_weight,
-    cp_conv,
-    in_parallel,
-    relative_error,
-    svd_linear,
-    tucker_conv,
-)
-from core.decompose.ranks import (
-    cp_rank,
-    max_cp_rank,
-    svd_rank,
-    tucker_ranks,
-    vbmf_rank,
-    vbmf_ranks,
-)
+from core.decompose.layers import composed_weight, cp_conv, in_parallel, relative_error, svd_linear, tucker_conv
+from core.decompose.ranks import cp_rank, max_cp_rank, svd_rank, tucker_ranks, vbmf_rank, vbmf_ranks
 from core.decompose.settings import DecomposeSection, LayerRanks
 from core.errors import WorkbenchError
 from core.measure import count_flops, count_params
@@ -280,6 +266,8 @@ class Decomposer:
     def build(self, layers: list[LayerDecomposition]) -> None:
         """Decompose the layers not built yet, several at once (`in_parallel`)."""
         todo = list({_key(layer): layer for layer in layers if _key(layer) not in self._built}.values())
+        if not todo:  # built already: leave torch's thread count alone
+            return
         built = in_parallel(lambda layer: build_layer(self.sites[layer.name].module, layer), todo)
         self._built.update({_key(layer): seq for layer, seq in zip(todo, built)})
 
