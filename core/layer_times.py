@@ -25,6 +25,7 @@ from core.measure import compare_latency
 REPEATS = 7        # interleaved rounds per layer
 TABLE_REPEATS = 5  # rounds per point of the latency table (many points; each in the model's memory format)
 BLOCK_S = 0.005    # each timed block runs at least this long
+TABLE_BLOCK_S = 0.003  # a table point's blocks: a budget's first solve times dozens of points
 
 
 def input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -62,10 +63,13 @@ def stand_in(module: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Modul
 
 
 class LayerTimer:
-    """Before/after times of planned layers of one model, at one device and batch size, cached."""
+    """Before/after times of planned layers of one model, at one device and batch size, cached;
+    both forms in the memory format the whole model runs in (`channels_last`; None: each form in
+    the format it is faster in)."""
 
-    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
-        self.model, self.device, self.batch = model, device, batch
+    def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1,
+                 channels_last: bool | None = None):
+        self.model, self.device, self.batch, self.channels_last = model, device, batch, channels_last
         self.shapes = input_shapes(model, input_shape)
         self._cache: dict[tuple, tuple[float, float]] = {}
 
@@ -76,18 +80,21 @@ class LayerTimer:
             module = self.model.get_submodule(name)
             after = stand_in(module, method, ranks).to(next(module.parameters()).device)
             measured = compare_latency({"before": module, "after": after}, self.shapes[name], (self.batch,),
-                                       self.device, repeats=REPEATS, block_s=BLOCK_S)
+                                       self.device, repeats=REPEATS, block_s=BLOCK_S, channels_last=self.channels_last)
             self._cache[key] = (measured["before"][0].median_ms, measured["after"][0].median_ms)
         return self._cache[key]
 
 
 def time_decomposed(decomposer, layers: list) -> None:
     """Fill `time_ms` (before, after) of every planned, not skipped layer at the decomposer's
-    `timing` (device, batch size)."""
+    `timing` (device, batch size), in the memory format the whole model is faster in there (a layer
+    faster alone in the other format would not be faster inside the model)."""
     device, batch = decomposer.timing
     timer = getattr(decomposer, "_layer_timer", None)
     if timer is None or (timer.device, timer.batch) != (device, batch):
-        timer = decomposer._layer_timer = LayerTimer(decomposer.model, decomposer.input_shape, device, batch)
+        table = table_for(decomposer, decomposer.model, decomposer.input_shape)
+        timer = decomposer._layer_timer = LayerTimer(decomposer.model, decomposer.input_shape, device, batch,
+                                                     table.channels_last())
     for layer in layers:
         if layer.skipped is None:
             layer.time_ms = timer.times(layer.name, layer.method, layer.ranks)
@@ -196,16 +203,21 @@ class LatencyTable:
             self._model_ms, self._channels_last = measured.median_ms, measured.channels_last
         return self._model_ms
 
+    def channels_last(self) -> bool:
+        """Whether the whole model is faster in channels-last (measured once, with `model_ms`)."""
+        self.model_ms()
+        return bool(self._channels_last)
+
     def measure(self, points: list[tuple[Spec, int, int]]) -> None:
         """Time the points (spec, input channels, output channels) not yet in the table."""
         todo = list(dict.fromkeys(p for p in points if p not in self._points))
         if not todo:
             return
-        self.model_ms()  # the layers run in the model's memory format
+        channels_last = self.channels_last()  # the layers run in the model's memory format
         for spec, cin, cout in todo:  # one call each: the points differ in their input shape
             measured = compare_latency({"m": spec.module(cin, cout)}, spec.input_shape(cin), (self.batch,),
-                                       self.device, repeats=TABLE_REPEATS, block_s=BLOCK_S,
-                                       channels_last=self._channels_last)
+                                       self.device, repeats=TABLE_REPEATS, block_s=TABLE_BLOCK_S,
+                                       channels_last=channels_last)
             self._points[spec, cin, cout] = measured["m"][0].median_ms
 
     def ms(self, spec: Spec, cin: int, cout: int, exact: bool = False) -> float:

@@ -43,6 +43,26 @@ def test_times_are_cached_per_layer_and_ranks(demo):
     assert ("layer1.0.conv1", "tucker2", (6, 6)) not in timer._cache
 
 
+@pytest.mark.parametrize("faster_channels_last", [False, True])
+def test_both_forms_are_timed_in_the_memory_format_the_model_runs_in(demo, monkeypatch, faster_channels_last):
+    """A layer's two forms are compared in the whole model's faster format, not each in its own
+    (a form faster alone in the other format would not be faster inside the model)."""
+    import core.layer_times as layer_times
+    from core.measure import Latency
+
+    formats = []
+
+    def fake(models, shape, batches, device="cpu", *_, channels_last=None, **__):
+        formats.append(channels_last)
+        last = faster_channels_last if channels_last is None else channels_last
+        return {name: [Latency(1.0, 1.0, 1, batches[0], str(device), channels_last=last)] for name in models}
+    monkeypatch.setattr(layer_times, "compare_latency", fake)
+    decomposer = Decomposer(demo.model, demo.arch, (1, 8, 8))
+    decomposer.plan(DecomposeSection(skip_slower=True))
+    assert formats[0] is None and len(formats) > 1  # the whole model, both formats; then each layer
+    assert set(formats[1:]) == {faster_channels_last}
+
+
 def test_skip_slower_leaves_slower_layers_whole_and_costs_agree(demo, monkeypatch):
     decomposer = Decomposer(demo.model, demo.arch, (1, 8, 8))
     slow = {"layer1.0.conv1", "layer3.1.conv2"}   # measured times are not asserted: these two are made slower
