@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from core.finetune.rundir import read_events, read_status
 from core.pipeline import replay
 from tests.cli_runner import run_cli
+from tests.replay_forks import Forked, ReplayServer
 
 REPO = Path(__file__).resolve().parents[1]
 SESSIONS = REPO / "sessions"
@@ -45,20 +46,29 @@ log_every = 1
 """
 
 
-def start(session: Path, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "workbench", "replay", str(session), "--out", str(out),
-                             "--no-latency", *extra], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+@pytest.fixture(scope="module")
+def replays():
+    """Replays that get killed or stopped: forked processes of one server (tests/replay_forks.py)."""
+    server = ReplayServer(REPO, {**os.environ, "PYTHONPATH": str(REPO)})
+    yield server
+    server.close()
 
 
-def wait_for(out: Path, predicate, proc: subprocess.Popen, timeout: float = 240) -> list[dict]:
+def start(replays: ReplayServer, session: Path, out: Path, *extra: str) -> Forked:
+    """`workbench replay SESSION --out OUT` in a process of its own (its stderr beside the session)."""
+    replays.count += 1
+    return replays.start(["replay", session, "--out", out, "--no-latency", *extra], REPO,
+                         session.parent / f"stderr-{replays.count}.txt")
+
+
+def wait_for(out: Path, predicate, proc: Forked, timeout: float = 240) -> list[dict]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         events = read_events(out) if (out / "metrics.jsonl").exists() else []
         if any(predicate(e) for e in events):
             return events
         if proc.poll() is not None:
-            pytest.fail(f"replay ended early ({proc.returncode}): {proc.stderr.read()[-2000:]}")
+            pytest.fail(f"replay ended early ({proc.returncode}): {proc.stderr_text[-2000:]}")
         time.sleep(0.05)
     pytest.fail("timed out waiting for the run")
 
@@ -68,26 +78,26 @@ def final_weights(out: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(replays, tmp_path_factory):
     """The same session run without interruption, as the reference."""
     root = tmp_path_factory.mktemp("straight")
     (root / "s.toml").write_text(SESSION)
-    proc = start(root / "s.toml", root / "run")
-    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    proc = start(replays, root / "s.toml", root / "run")
+    assert proc.wait(timeout=300) == 0, proc.stderr_text
     return root / "run"
 
 
-def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path, straight):
+def test_kill_9_then_resume_ends_with_the_same_weights(replays, tmp_path, straight):
     (tmp_path / "s.toml").write_text(SESSION)
     out = tmp_path / "run"
-    proc = start(tmp_path / "s.toml", out)
+    proc = start(replays, tmp_path / "s.toml", out)
     # wait for a mid-epoch checkpoint of the second epoch, then kill without warning
     wait_for(out, lambda e: e["event"] == "checkpoint" and e["epoch"] == 1 and e["step"] == 2, proc)
     proc.kill()
     proc.wait()
     assert read_status(out)["state"] == "running"  # it never got to say otherwise
-    resumed = start(tmp_path / "s.toml", out, "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    resumed = start(replays, tmp_path / "s.toml", out, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr_text
     assert read_status(out)["state"] == "done"
     ours, reference = final_weights(out), final_weights(straight)
     assert ours.keys() == reference.keys()
@@ -99,22 +109,22 @@ def test_kill_9_then_resume_ends_with_the_same_weights(tmp_path, straight):
     assert "| finetune:ce |" in (out / "report.md").read_text()
 
 
-def test_sigterm_checkpoints_then_resume_finishes(tmp_path, straight):
+def test_sigterm_checkpoints_then_resume_finishes(replays, tmp_path, straight):
     (tmp_path / "s.toml").write_text(SESSION)
     out = tmp_path / "run"
-    proc = start(tmp_path / "s.toml", out)
+    proc = start(replays, tmp_path / "s.toml", out)
     wait_for(out, lambda e: e["event"] == "step" and e["stage"] == 1, proc)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 3
-    err = proc.stderr.read().strip().splitlines()
+    err = proc.stderr_text.strip().splitlines()
     assert err[-1].startswith("error: stopped at stage 2 (ce)") and "--resume" in err[-1]
     assert "Traceback" not in "\n".join(err)
     assert read_status(out)["state"] == "stopped" and read_events(out)[-1]["event"] == "stopped"
     # a plain replay into this folder is refused: it would throw the run away
     again = run_cli("replay", str(tmp_path / "s.toml"), "--out", str(out), cwd=REPO)
     assert again.returncode == 2 and "pass --resume" in again.stderr
-    resumed = start(tmp_path / "s.toml", out, "--resume")
-    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    resumed = start(replays, tmp_path / "s.toml", out, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr_text
     for key, value in final_weights(straight).items():
         assert torch.equal(final_weights(out)[key], value), key
 

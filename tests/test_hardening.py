@@ -26,6 +26,7 @@ from safetensors.torch import load_file
 
 from core.finetune.rundir import read_events, read_status
 from tests.cli_runner import run_cli
+from tests.replay_forks import ReplayServer
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing but the installed package
@@ -313,13 +314,21 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Reference:
-    """The kill session run once without interruption, and its timing."""
+def replays():
+    """The replays that get killed: forked processes of one server (tests/replay_forks.py)."""
+    server = ReplayServer(REPO, ENV)
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="module")
+def reference(replays, tmp_path_factory) -> Reference:
+    """The kill session run once without interruption, as the killed runs are run, and its timing."""
     root = tmp_path_factory.mktemp("reference")
     (root / "s.toml").write_text(KILL_SESSION)
     wall = time.time()
-    result = workbench("replay", str(root / "s.toml"), "--out", str(root / "run"), "--no-latency")
-    assert result.returncode == 0, result.stderr
+    proc = replays.start(["replay", root / "s.toml", "--out", root / "run", "--no-latency"], REPO, root / "stderr.txt")
+    assert proc.wait(timeout=300) == 0, proc.stderr_text
     events = read_events(root / "run")
     return Reference(root / "run", events[0]["time"] - wall, events[-1]["time"] - events[0]["time"])
 
@@ -331,13 +340,17 @@ def lines(path: Path) -> int:
         return 0
 
 
-def run_killed(session: Path, out: Path, resume: bool, kill: tuple[str, float] | None) -> tuple[int, str]:
-    """Replay (with --resume) and, if `kill` is given, kill -9 it once: ("start", t) t seconds after
-    launch, ("writing", t) t seconds after it wrote its first event into the folder."""
+def run_killed(replays: ReplayServer, session: Path, out: Path, resume: bool,
+               kill: tuple[str, float] | None) -> tuple[int, str]:
+    """Replay (with --resume) in a process of its own and, if `kill` is given, kill -9 it once:
+    ("start", t) t seconds after launch, ("writing", t) t seconds after it wrote its first event
+    into the folder."""
     before = lines(out / "metrics.jsonl")
-    proc = start(session, out, *(["--resume"] if resume else []))
+    replays.count += 1
+    proc = replays.start(["replay", session, "--out", out, "--no-latency", *(["--resume"] if resume else [])],
+                         REPO, session.parent / f"stderr-{replays.count}.txt")
     if kill is None:
-        return proc.wait(timeout=300), proc.stderr.read()
+        return proc.wait(timeout=300), proc.stderr_text
     phase, delay = kill
     if phase == "writing":
         deadline = time.monotonic() + 120
@@ -346,9 +359,9 @@ def run_killed(session: Path, out: Path, resume: bool, kill: tuple[str, float] |
     try:
         code = proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
+        proc.kill()
         code = proc.wait(timeout=60)
-    return code, proc.stderr.read()
+    return code, proc.stderr_text
 
 
 def assert_intact(out: Path) -> None:
@@ -370,7 +383,7 @@ def summary(report: dict) -> list:
     return [{k: step.get(k) for k in keys} for step in report["steps"]]
 
 
-def test_kill_9_at_random_points_then_resume_gives_the_same_result(reference, tmp_path):
+def test_kill_9_at_random_points_then_resume_gives_the_same_result(reference, replays, tmp_path):
     """Three runs, each killed at a seeded random moment (one while starting up, two while
     writing and training), then its first resume killed too, then resumed until it succeeds."""
     ref = reference
@@ -378,7 +391,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_same_result(reference, tm
     session.write_text(KILL_SESSION)
     rng = random.Random(0)
     window = ref.writing
-    plans = [[("start", rng.uniform(0.5, ref.starting)), ("writing", rng.uniform(0, window))],
+    plans = [[("start", rng.uniform(0.1, 0.9) * ref.starting), ("writing", rng.uniform(0, window))],
              [("writing", rng.uniform(0, window / 2)), ("writing", rng.uniform(0, window))],
              [("writing", rng.uniform(window / 2, window)), ("writing", rng.uniform(0, window))]]
     expected = load_file(ref.run / FINAL)
@@ -386,7 +399,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_same_result(reference, tm
         out = tmp_path / f"run{n}"
         resume, trace = False, []
         for attempt in range(len(kills) + 3):  # killed at most once per attempt
-            code, err = run_killed(session, out, resume, kills[attempt] if attempt < len(kills) else None)
+            code, err = run_killed(replays, session, out, resume, kills[attempt] if attempt < len(kills) else None)
             trace.append(f"{'resume' if resume else 'fresh'}"
                          + (f" killed {kills[attempt][0]}+{kills[attempt][1]:.2f}s" if code == -signal.SIGKILL else
                             f" -> {code}"))
@@ -412,7 +425,7 @@ def test_kill_9_at_random_points_then_resume_gives_the_same_result(reference, tm
             assert torch.equal(final[key], value), f"{trace}: {key} differs"
         assert summary(json.loads((out / "report.json").read_text())) == \
             summary(json.loads((ref.run / "report.json").read_text())), trace
-        print(f"run{n}: {trace}")
+        print(f"run{n}: {trace} (reference: starting {ref.starting:.2f} s, writing {ref.writing:.2f} s)")
 
 
 def test_kill_9_in_the_middle_of_a_write_leaves_no_temp_once_the_file_is_written_again(tmp_path):
