@@ -166,8 +166,7 @@ max_steps = 5
 lr = 0.05
 """)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "workbench", "replay", "s.toml", "--out", "one", "--no-latency"],
-                         cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    one = run_cli("replay", "s.toml", "--out", "one", "--no-latency", cwd=tmp_path)  # the single process: this one
     assert one.returncode == 0, one.stderr
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "workbench",
                           "replay", "s.toml", "--out", "two", "--no-latency"],
