@@ -3,7 +3,8 @@ loop (core.measure.compare_latency), on the CPU at batch 1 and 64.
 
 1. ResNet-56 decomposed (Tucker-2, X = 1.71) with `skip_slower = true` against the original
    (target: at least 1.0x), and A3 (P1, then Tucker-2 with skip_slower) against P1 alone
-   (target: at least as fast).
+   (target: at least as fast); beside them the original against a copy of itself, timed in the
+   same loop: any ratio closer to 1.0 than that one's distance is within this machine's noise.
 2. The ResNet-56 seed checkpoints (pruned by the reference) and ResNet-50 P4 against their
    unpruned networks: speed-up / FLOPs reduction (target: at least 0.8).
 3. `[target] flops = 0.5` for P1, P4, P5 and Tucker-2 x on ResNet-56: where the plan lands
@@ -16,6 +17,7 @@ Run: python bench/bench_latency.py [--quick]   (on an idle machine)
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -63,7 +65,9 @@ def skip_slower_lines(batches: tuple[int, ...]) -> None:
     for batch in batches:  # layers are timed at the batch size the network is measured at
         small, skipped = decompose(base, arch, CIFAR, batch)
         a3, skipped_a3 = decompose(pruned, pruned_arch, CIFAR, batch)
-        measured = compare_latency({"original": base, "decomposed": small, "P1": pruned, "A3": a3}, CIFAR, (batch,))
+        models = {"original": base, "copy": copy.deepcopy(base), "decomposed": small, "P1": pruned, "A3": a3}
+        measured = compare_latency(models, CIFAR, (batch,))
+        line("resnet56 against a copy of itself (how far this machine resolves a ratio)", measured, "original", "copy")
         line(f"resnet56 tucker2 skip_slower ({skipped} layers left whole)", measured, "original", "decomposed")
         line(f"resnet56 A3 skip_slower ({skipped_a3} layers left whole)", measured, "P1", "A3")
 
