@@ -25,7 +25,7 @@ from core.measure import compare_latency
 REPEATS = 7        # interleaved rounds per layer
 TABLE_REPEATS = 5  # rounds per point of the latency table (many points; each in the model's memory format)
 BLOCK_S = 0.005    # each timed block runs at least this long
-TABLE_BLOCK_S = 0.003  # a table point's blocks: a budget's first solve times dozens of points
+TABLE_BLOCK_S = 0.002  # a table point's blocks: a budget's first solve times dozens of points
 
 
 def input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:

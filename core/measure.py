@@ -131,6 +131,7 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
     from torch.utils import benchmark
 
     device = torch.device(device)
+    threads = torch.get_num_threads()  # the Timer's default is one thread, whatever --threads says
     homes = {name: (next((p.device for p in m.parameters()), None), m.training) for name, m in models.items()}
     results: dict[str, list[Latency]] = {name: [] for name in models}
     for batch in batch_sizes:
@@ -144,7 +145,7 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                 fmt = torch.channels_last if last else torch.contiguous_format
                 x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt) \
                     if len(input_shape) == 3 else torch.randn(batch, *input_shape, device=device)
-                timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x})
+                timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x}, num_threads=threads)
                 timer.timeit(warmup)
                 per_call = timer.timeit(1).median
                 number = max(1, int(block_s / max(per_call, 1e-9)))

@@ -36,6 +36,25 @@ def test_each_model_at_each_batch_size_leaves_the_models_alone():
                                                    "channels_last", "noisy"]
 
 
+def test_models_run_at_the_configured_thread_count():
+    """Latency is measured with torch's intra-op threads as set (--threads, [measure] threads),
+    not torch.utils.benchmark's default of one."""
+    seen = set()
+
+    class Probe(nn.Module):
+        def forward(self, x):
+            seen.add(torch.get_num_threads())
+            return x
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        compare_latency({"probe": Probe()}, (4,), (1,), repeats=2, block_s=0.0)
+        assert seen == {3} and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_memory_format_can_be_fixed_and_the_table_uses_the_models(monkeypatch):
     import core.layer_times
     from core.layer_times import LatencyTable
