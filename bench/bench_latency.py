@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.budget import solve_decompose, solve_prune  # noqa: E402
 from core.decompose.plan import Decomposer, apply_decomposition  # noqa: E402
+from core.errors import WorkbenchError  # noqa: E402
 from core.measure import compare_latency, count_flops  # noqa: E402
 from core.models.checkpoint import load_model  # noqa: E402
 from core.models.zoo import Arch, build  # noqa: E402
@@ -94,9 +95,14 @@ def pruned_lines(batches: tuple[int, ...], quick: bool) -> None:
 
 
 def solve_line(label: str, solve, *args):
-    """Run one budget solve, print where it lands and how long it took; return the solved settings."""
+    """Run one budget solve, print where it lands and how long it took; return the solved settings
+    (None, with the refusal printed, when the target cannot be met)."""
     start = time.perf_counter()
-    settings, solved = solve(*args)
+    try:
+        settings, solved = solve(*args)
+    except WorkbenchError as exc:  # the table says the target cannot be met: the line a user gets
+        print(f"{label}: refused in {time.perf_counter() - start:.2f} s: {exc}")
+        return None
     seconds = time.perf_counter() - start
     where = "predicted" if solved.metric == "latency" else "achieved"
     print(f"{label} [target] {solved.metric} = {solved.target:g}: {solved.knob} = {solved.value:.4g}, {where} "
@@ -121,7 +127,7 @@ def target_lines() -> None:
             cases += [(PruneSection(strategy="P5", variant="C"), flops), (p4, latency), (p1, latency)]
         for settings, target in cases:
             solved = solve_line(f"{name} {settings.strategy}", solve_prune, planner, settings, target)
-            if target is latency:  # the pruned model against the original, timed interleaved
+            if target is latency and solved is not None:  # the pruned model against the original, interleaved
                 pruned, _ = apply_pruning(model, arch, planner.plan(solved).keep(), shape)
                 measured = compare_latency({"original": model, "pruned": pruned}, shape, (1,))
                 ratio = measured["pruned"][0].median_ms / measured["original"][0].median_ms

@@ -5,8 +5,9 @@
    against the reference way: per prunable layer the layer statistic with scipy, per filter
    a Python loop of scipy.stats.kstat (METHOD.md's scores), and the cost measured by
    applying the pruning to a copy and counting.
-2. Measured CPU latency of pruned networks against their FLOPs reduction: speed-up /
-   FLOPs reduction (1.0 would mean the FLOPs saving turns fully into time).
+2. Measured CPU latency of ResNet-50 P4, kept channels as computed and rounded to a multiple of
+   8, against its FLOPs reduction, all timed interleaved in one loop: speed-up / FLOPs reduction
+   (1.0 would mean the FLOPs saving turns fully into time).
 
 Run: python bench/bench_prune.py [--quick]   (on an idle machine)
 """
@@ -14,10 +15,9 @@ Run: python bench/bench_prune.py [--quick]   (on an idle machine)
 from __future__ import annotations
 
 import argparse
-import warnings
-import copy
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.measure import count_flops, count_params, measure_latency  # noqa: E402
-from core.models.checkpoint import load_model  # noqa: E402
+from core.measure import compare_latency, count_flops, count_params  # noqa: E402
 from core.models.zoo import Arch, build  # noqa: E402
 from core.prune.plan import Planner  # noqa: E402
 from core.prune.surgery import apply_pruning  # noqa: E402
 from core.session import PruneSection  # noqa: E402
 
-SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seed-checkpoints"
 SETTINGS = {
     "P1": PruneSection(strategy="P1"),
     "P2": PruneSection(strategy="P2"),
@@ -85,29 +83,25 @@ def plan_times(quick: bool) -> None:
             break
 
 
-def speed_line(label: str, base, pruned, shape, batch: int) -> None:
-    f0, f1 = count_flops(base, shape), count_flops(pruned, shape)
-    t0 = measure_latency(base, shape, batch=batch, repeats=30).median_ms
-    t1 = measure_latency(pruned, shape, batch=batch, repeats=30).median_ms
-    print(f"{label} batch {batch}: FLOPs {f0 / f1:.2f}x fewer, latency {t0:.2f} -> {t1:.2f} ms = {t0 / t1:.2f}x "
-          f"faster, speed-up/FLOPs = {(t0 / t1) / (f0 / f1):.2f}")
-
-
 def latency(quick: bool) -> None:
+    """ResNet-50 P4 with kept channels as computed and rounded to a multiple of 8, timed interleaved
+    with the unpruned network in one loop (the ResNet-56 seeds: bench/bench_latency.py)."""
     torch.manual_seed(0)
-    base = build(Arch("resnet56", 10)).eval()
-    for name in ("res56.pth.tar", "res56_global.pth.tar", "res56_norm.pth.tar"):
-        pruned = load_model(checkpoint=SEEDS / name).model
-        for batch in (1, 64):
-            speed_line(f"resnet56 {name}", base, pruned, (3, 32, 32), batch)
     arch, shape = Arch("resnet50", 1000), (3, 224, 224)
     model = build(arch).eval()
     planner = Planner(model, arch, shape)
+    models = {"resnet50": model}
     for multiple in (1, 8):
         plan = planner.plan(PruneSection(strategy="P4", percent=0.32, multiple_of=multiple))
-        pruned, _ = apply_pruning(model, arch, plan.keep(), shape)
-        for batch in (1,) if quick else (1, 8):
-            speed_line(f"resnet50 P4 0.32 multiple_of {multiple}", model, copy.deepcopy(pruned), shape, batch)
+        models[f"P4 0.32 multiple_of {multiple}"] = apply_pruning(model, arch, plan.keep(), shape)[0]
+    flops = {name: count_flops(m, shape) for name, m in models.items()}
+    measured = compare_latency(models, shape, (1,) if quick else (1, 8), repeats=5 if quick else 15)
+    for name in list(models)[1:]:
+        for base, pruned in zip(measured["resnet50"], measured[name]):
+            reduction, speed_up = flops["resnet50"] / flops[name], base.median_ms / pruned.median_ms
+            print(f"resnet50 {name} batch {base.batch}: FLOPs {reduction:.2f}x fewer, latency {base.median_ms:.2f} -> "
+                  f"{pruned.median_ms:.2f} ms = {speed_up:.2f}x faster, speed-up/FLOPs = {speed_up / reduction:.2f} "
+                  f"(spread {base.spread:.0%}, {pruned.spread:.0%})")
 
 
 if __name__ == "__main__":
