@@ -25,6 +25,7 @@ from core.measure import compare_latency
 REPEATS = 7        # interleaved rounds per layer
 TABLE_REPEATS = 5  # rounds per point of the latency table (many points; each in the model's memory format)
 BLOCK_S = 0.005    # each timed block runs at least this long
+MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
 TABLE_BLOCK_S = 0.002  # a table point's blocks: a budget's first solve times dozens of points
 
 
@@ -100,17 +101,26 @@ def time_decomposed(decomposer, layers: list) -> None:
             layer.time_ms = timer.times(layer.name, layer.method, layer.ranks)
 
 
+def pays_off(before: float, after: float) -> bool:
+    """Whether a decomposed form timed alone at `after` ms is worth putting in place of the layer's
+    `before` ms: faster by at least MIN_GAIN, as a smaller gain measured alone is within the timing
+    noise and is eaten inside the model by the two extra convs' memory traffic."""
+    return after < before * (1 - MIN_GAIN)
+
+
 def skip_slower(decomposer, layers: list) -> None:
     """Fill `time_ms` of every planned layer and leave whole (skipped, costs unchanged) each one
-    whose decomposed form is not faster, at the decomposer's `timing` (device, batch size)."""
+    whose decomposed form does not pay off (`pays_off`), at the decomposer's `timing` (device,
+    batch size)."""
     device, batch = decomposer.timing
     time_decomposed(decomposer, layers)
     for layer in layers:
         if layer.skipped is not None:
             continue
         before, after = layer.time_ms
-        if after >= before:
-            layer.skipped = f"not faster: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})"
+        if not pays_off(before, after):
+            why = "not faster" if after >= before else f"under {MIN_GAIN:.0%} faster"
+            layer.skipped = f"{why}: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})"
             layer.params, layer.flops = (layer.params[0],) * 2, (layer.flops[0],) * 2
 
 
@@ -312,10 +322,11 @@ def prune_latency(planner, plan) -> float:
 
 def decompose_latency(decomposer, plan, skip_slower: bool = False) -> float:
     """The decomposed model's time (ms) predicted from the table; with `skip_slower` a layer whose
-    decomposed form the table says is not faster counts as left whole."""
+    decomposed form does not pay off on the table (`pays_off`) counts as left whole."""
     table = table_for(decomposer, decomposer.model, decomposer.input_shape)
     changed = {}
     for layer in plan.decomposed:
         after = table.decomposed_ms(layer.name, layer.method, layer.ranks)
-        changed[layer.name] = min(after, table.layer_ms(layer.name)) if skip_slower else after
+        before = table.layer_ms(layer.name)
+        changed[layer.name] = before if skip_slower and not pays_off(before, after) else after
     return table.predicted_ms(changed)

@@ -66,14 +66,17 @@ def test_both_forms_are_timed_in_the_memory_format_the_model_runs_in(demo, monke
 def test_skip_slower_leaves_slower_layers_whole_and_costs_agree(demo, monkeypatch):
     decomposer = Decomposer(demo.model, demo.arch, (1, 8, 8))
     slow = {"layer1.0.conv1", "layer3.1.conv2"}   # measured times are not asserted: these two are made slower
+    marginal = "layer2.1.conv1"                     # and this one 5% faster: within timing noise
 
     def times(self, name, method, ranks):
-        return (0.2, 0.3) if name in slow else (0.3, 0.2)
+        return (0.2, 0.3) if name in slow else (0.3, 0.285) if name == marginal else (0.3, 0.2)
     monkeypatch.setattr(LayerTimer, "times", times)
     plain = decomposer.plan(DecomposeSection())
     plan = decomposer.plan(DecomposeSection(skip_slower=True))
     skipped = {layer.name: layer.skipped for layer in plan.layers if layer.skipped}
-    assert set(skipped) == slow and skipped["layer1.0.conv1"] == "not faster: 0.200 -> 0.300 ms (cpu, batch 1)"
+    assert set(skipped) == slow | {marginal}
+    assert skipped["layer1.0.conv1"] == "not faster: 0.200 -> 0.300 ms (cpu, batch 1)"
+    assert skipped[marginal] == "under 10% faster: 0.300 -> 0.285 ms (cpu, batch 1)"
     assert all(layer.time_ms == (0.3, 0.2) for layer in plan.decomposed)
     assert plan.flops[1] > plain.flops[1]
     model, _ = apply_decomposition(demo.model, demo.arch, plan, decomposer)
