@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-import math
 from dataclasses import dataclass
 from functools import partial
 
@@ -192,13 +191,9 @@ class LatencyTable:
     it, and the whole model once. Measured points are cached; counts between grid points are
     interpolated, so a budget's bisection re-plans at the cost of arithmetic.
 
-    A plan's predicted time is the sum of its layers' times (changed layers at their new shapes)
-    and of the time spent outside convs and linears (norms, activations, additions: the model's
-    measured time less its layers'), both scaled by the model's measured time over their sum at
-    full shapes. That outside time is a fixed cost per op plus a cost per activation element: the
-    second is measured once on a BatchNorm + ReLU probe at the largest conv output (at its channels
-    and at a quarter of them), and shrinks with the conv outputs a plan removes; the rest counts
-    as unchanged."""
+    A plan's predicted time is the model's measured time scaled by the sum of its layers' times
+    (changed layers at their new shapes) over the sum at full shapes; the time spent outside
+    convs and linears (norms, activations, additions) counts as unchanged."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
         self.model, self.input_shape, self.device, self.batch = model, tuple(input_shape), device, batch
@@ -209,7 +204,6 @@ class LatencyTable:
         self._model_ms: float | None = None
         self._channels_last: bool | None = None
         self._full_ms: float | None = None
-        self._element_ms: float | None = None
 
     def model_ms(self) -> float:
         """The whole model's forward time (ms), measured once, in its faster memory format."""
@@ -275,39 +269,13 @@ class LatencyTable:
         return (self.ms(spec.pointwise(), cin, r_in) + self.ms(core, r_in, r_out)
                 + self.ms(spec.pointwise(after=True), r_out, cout))
 
-    def output_elements(self, name: str, cout: int | None = None) -> int:
-        """Elements of layer `name`'s output per image with `cout` output channels (default: its own)."""
-        spec, _, full_out = self.layers[name]
-        return (full_out if cout is None else cout) * math.prod(spec.out_size() if spec.kind != "linear" else spec.size)
-
-    def element_ms(self) -> float:
-        """Time (ms) per activation element of a BatchNorm + ReLU outside the convs, measured once on
-        the largest conv output at its channels and at a quarter of them (0 for models without
-        convs, or when the two do not differ)."""
-        if self._element_ms is None:
-            self._element_ms = 0.0
-            convs = [name for name, (spec, _, _) in self.layers.items() if spec.kind != "linear"]
-            if convs:
-                spec, _, cout = self.layers[max(convs, key=self.output_elements)]
-                small = max(1, cout // 4)
-                if small < cout:
-                    probes = {c: nn.Sequential(nn.BatchNorm2d(c), nn.ReLU()) for c in (cout, small)}
-                    times = [compare_latency({"m": probes[c]}, (c, *spec.out_size()), (self.batch,), self.device,
-                                             repeats=TABLE_REPEATS, block_s=TABLE_BLOCK_S,
-                                             channels_last=self.channels_last())["m"][0].median_ms for c in (cout, small)]
-                    per_channel = (times[0] - times[1]) / (cout - small)
-                    self._element_ms = max(per_channel, 0.0) / math.prod(spec.out_size())
-        return self._element_ms
-
-    def predicted_ms(self, changed: dict[str, float], removed_elements: int = 0) -> float:
-        """The model's time with the layers in `changed` taking the time given there (ms), and
-        `removed_elements` fewer conv output elements per image for the norms and activations."""
+    def predicted_ms(self, changed: dict[str, float]) -> float:
+        """The model's time with the layers in `changed` taking the time given there (ms)."""
         if self._full_ms is None:
             self._full_ms = sum(self.layer_ms(name) for name in self.layers)
         layers = self._full_ms + sum(after - self.layer_ms(name) for name, after in changed.items())
         rest = max(self.model_ms() - self._full_ms, 0.0)
-        saved = min(self.element_ms() * self.batch * removed_elements, rest) if removed_elements else 0.0
-        return self.model_ms() * (rest - saved + max(layers, 0.0)) / (rest + self._full_ms)
+        return self.model_ms() * (rest + max(layers, 0.0)) / (rest + self._full_ms)
 
 
 def table_for(owner, model: nn.Module, input_shape: tuple[int, ...]) -> LatencyTable:
@@ -334,15 +302,6 @@ def pruned_times(planner, plan, exact: bool = False) -> dict[str, tuple[float, f
     return out
 
 
-def removed_elements(planner, plan) -> int:
-    """Conv output elements per image the prune plan removes (where norms and activations shrink)."""
-    table = table_for(planner, planner.model, planner.input_shape)
-    names = {id(m): n for n, m in planner.model.named_modules()}
-    return sum(table.output_elements(names[id(module)]) - table.output_elements(names[id(module)], cout)
-               for module, cout, _ in planner.cost.resized({layer.name: layer.keep for layer in plan.layers})
-               if names[id(module)] in table.layers)
-
-
 def time_prune_plan(planner, plan) -> None:
     """Fill each planned layer's `time_ms` (its conv before and after, each shape measured) and the
     plan's `latency_ms` (the model's measured time, and the time the table predicts after pruning)."""
@@ -351,16 +310,14 @@ def time_prune_plan(planner, plan) -> None:
     for layer in plan.layers:
         if layer.name in table.layers:
             layer.time_ms = changed.get(layer.name) or (table.layer_ms(layer.name, exact=True),) * 2
-    plan.latency_ms = (table.model_ms(), table.predicted_ms({n: after for n, (_, after) in changed.items()},
-                                                            removed_elements(planner, plan)))
+    plan.latency_ms = (table.model_ms(), table.predicted_ms({n: after for n, (_, after) in changed.items()}))
     plan.timing = planner.timing
 
 
 def prune_latency(planner, plan) -> float:
     """The pruned model's time (ms) predicted from the table (grid points, interpolated)."""
     table = table_for(planner, planner.model, planner.input_shape)
-    return table.predicted_ms({n: after for n, (_, after) in pruned_times(planner, plan).items()},
-                              removed_elements(planner, plan))
+    return table.predicted_ms({n: after for n, (_, after) in pruned_times(planner, plan).items()})
 
 
 def decompose_latency(decomposer, plan, skip_slower: bool = False) -> float:

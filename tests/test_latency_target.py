@@ -7,11 +7,9 @@ slower layers are checked against a known per-layer table."""
 from __future__ import annotations
 
 import json
-from functools import partial
 from pathlib import Path
 
 import pytest
-import torch
 from torch import nn
 
 from core import layer_times
@@ -103,41 +101,6 @@ def test_table_interpolates_between_grid_points_and_times_real_shapes(demo, cloc
     stand_in = layer_times.stand_in(demo.model.get_submodule("layer2.0.conv1"), "tucker2", (12, 10))
     pieces = table.decomposed_ms("layer2.0.conv1", "tucker2", (12, 10))
     assert pieces == pytest.approx(clock({"m": stand_in}, (16, 8, 8))["m"][0].median_ms - 0.05)
-
-
-def test_norms_and_activations_shrink_with_the_conv_outputs_a_plan_removes(demo, monkeypatch):
-    """The time outside convs is a fixed part plus a part per activation element, measured on a
-    BatchNorm + ReLU probe at two widths of the largest conv output; a plan removing conv outputs
-    is predicted that much faster, never by more than that outside time (hand-worked clock: the
-    probe costs 0.001 ms per channel, the model 0.05 ms outside its layers)."""
-    def clock(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
-        out = Clock()(models, input_shape, batch_sizes, device)
-        for name, model in models.items():
-            if isinstance(model, nn.Sequential) and isinstance(model[0], nn.BatchNorm2d):
-                ms = 0.02 + 0.001 * model[0].num_features
-                out[name] = [Latency(ms, ms, 1, b, str(device)) for b in batch_sizes]
-        return out
-    monkeypatch.setattr(layer_times, "compare_latency", clock)
-    planner = Planner(demo.model, demo.arch, INPUT)
-    table = layer_times.table_for(planner, planner.model, planner.input_shape)
-    assert table.element_ms() == pytest.approx(0.001 / 64)   # the largest conv output: 16 channels of 8x8
-    full = table.model_ms()
-    assert table.predicted_ms({}) == pytest.approx(full)
-    assert table.predicted_ms({}, removed_elements=1000) == pytest.approx(full - 1000 * 0.001 / 64)
-    assert table.predicted_ms({}, removed_elements=10 ** 6) == pytest.approx(full - 0.05)  # all of the outside time
-    plan = planner.plan(PruneSection(strategy="P4", percent=0.5))
-    sizes = {}
-
-    def record(name, module, args, out):
-        sizes[name] = out.shape[2] * out.shape[3]
-    hooks = [m.register_forward_hook(partial(record, n)) for n, m in demo.model.named_modules()
-             if isinstance(m, nn.Conv2d)]
-    with torch.no_grad():
-        demo.model.eval()(torch.zeros(1, *INPUT))
-    for h in hooks:
-        h.remove()
-    removed = sum((layer.channels - layer.keep) * sizes[layer.name] for layer in plan.layers)
-    assert removed > 0 and layer_times.removed_elements(planner, plan) == removed
 
 
 def test_prune_plan_times_each_layer_and_marks_the_slower(demo, monkeypatch):
