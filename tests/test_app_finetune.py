@@ -23,7 +23,7 @@ from core.finetune.rundir import RunWriter, read_events, read_status
 from core.finetune.settings import FinetuneStage
 from core.overview import Target
 from core.session import load_session
-from tests.tui import drive, settle, text_of
+from tests.tui import drive, settle, text_of, wait_for
 from workbench import finetune_process
 from workbench.app import Workbench
 from workbench.cli import main
@@ -79,15 +79,6 @@ def frozen(app, at: float) -> None:
     app.get_screen("finetune").clock = lambda: at
 
 
-async def wait_for(pilot, condition, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        await pilot.pause(0.1)
-    return condition()
-
-
 def test_plot_bounds_its_buffers_and_decimates_to_its_width():
     assert decimate([0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 5], 3) == ([0.5, 2.5, 4.5], [0.5, 2.5, 4.5])
     assert decimate([1, 2], [3, 4], 10) == ([1, 2], [3, 4])
@@ -107,7 +98,7 @@ def test_plot_bounds_its_buffers_and_decimates_to_its_width():
             plot.add("a", 10_001, math.nan)
             assert len(plot.series["a"]) == len(plot.series["b"]) == 500
             assert plot.series["a"][-1][0] == 9_999 and plot.series["a"][0][0] == 9_500
-            await pilot.pause(0.5)                # the throttled redraw
+            await wait_for(pilot, lambda: set(plot.drawn) == {"a", "b"}, 10)  # the throttled redraw
             assert set(plot.drawn) == {"a", "b"}
             for xs, ys in plot.drawn.values():
                 assert 2 <= len(xs) == len(ys) <= plot.size.width == 60
@@ -160,7 +151,7 @@ def test_follows_a_run_directory(tmp_path, monkeypatch):
             w.heartbeat()
         frozen(app, read_events(stalled)[-1]["time"] + 300)  # heartbeat and events are older
         app.follow_run(stalled)
-        await pilot.pause(0.7)
+        await wait_for(pilot, lambda: "last update" in text_of(app, "#run-line"), 10)
         line = text_of(app, "#run-line")
         assert "running" in line and "last update 0:05:00 ago" in line
         assert loss.series["ce"][-1] == (3 * S, 1 / S)  # the view was reset, then refilled
@@ -169,7 +160,7 @@ def test_follows_a_run_directory(tmp_path, monkeypatch):
         await pilot.press("c")
         assert await wait_for(pilot, lambda: sleeper.poll() is not None, 10)
         assert sleeper.returncode == -signal.SIGTERM
-        await pilot.pause(0.7)
+        await wait_for(pilot, lambda: "exited" in text_of(app, "#run-line"), 10)
         assert "exited" in text_of(app, "#run-line")  # died without saying "stopped"
         assert screen.check_action("resume", ())
 
@@ -297,7 +288,7 @@ def test_resume_restarts_a_stopped_run_with_resume(tmp_path, monkeypatch):
 
     async def script(pilot):
         app.follow_run(run_dir)
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: "r resumes" in text_of(app, "#run-line"), 10)
         assert "stopped" in text_of(app, "#run-line") and "r resumes" in text_of(app, "#run-line")
         assert app.screen.check_action("resume", ()) and not app.screen.check_action("cancel_run", ())
         await pilot.press("r")

@@ -17,7 +17,7 @@ from core.models.checkpoint import load_model
 from core.overview import Target
 from core.session import PruneSection
 from core.stats import network_stats
-from tests.tui import drive, settle, text_of
+from tests.tui import drive, settle, text_of, wait_for
 from workbench import messages
 from workbench.app import Workbench
 from workbench.format import jb_p, num, shape
@@ -66,11 +66,8 @@ class Gate:
 
 
 async def until(pilot, condition, seconds: float = 120.0) -> None:
-    for _ in range(int(seconds / 0.05)):
-        if condition():
-            return
-        await pilot.pause(0.05)
-    raise AssertionError("timed out waiting for the app")
+    if not await wait_for(pilot, condition, seconds):
+        raise AssertionError("timed out waiting for the app")
 
 
 def rows(app) -> list[list[str]]:

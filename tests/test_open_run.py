@@ -14,7 +14,7 @@ from textual.widgets import DataTable
 from core.finetune.rundir import RunWriter, read_events
 from core.session import load_session, save_session
 from tests.cli_runner import run_cli
-from tests.tui import drive, settle, text_of
+from tests.tui import drive, settle, text_of, wait_for
 from workbench.app import Workbench
 from workbench.cli import main
 from workbench.screens.finetune import FinetuneScreen
@@ -125,13 +125,14 @@ def test_open_a_run_still_being_written(monkeypatch, tmp_path):
         assert screen.check_action("cancel_run", ()) and not screen.check_action("start", ())
         step(3)
         step(4)
-        await pilot.pause(0.8)  # one poll (every 0.5 s)
+        await wait_for(pilot, lambda: len(loss.series["ce"]) == 4 and "epoch 1/1" in text_of(app, "#ft-progress"),
+                       30)  # the next poll (every 0.5 s)
         assert [x for x, _ in loss.series["ce"]] == [1, 2, 3, 4]
         assert "epoch 1/1" in text_of(app, "#ft-progress")
         writer.event({"event": "steps", "steps": [*steps, {**steps[0], "name": "finetune:ce", "accuracy": 0.98}]})
         writer.event({"event": "done"})
         writer.close("done")
-        await pilot.pause(0.8)
+        await wait_for(pilot, lambda: len(rows(app)) == 2 and "done" in text_of(app, "#run-line"), 30)
         assert rows(app) == ["baseline", "finetune:ce"]
         assert "done" in text_of(app, "#run-line")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 from textual.widgets import Static
 
@@ -12,6 +13,17 @@ async def settle(pilot, rounds: int = 4) -> None:
     for _ in range(rounds):
         await pilot.app.workers.wait_for_complete()
         await pilot.pause()
+
+
+async def wait_for(pilot, condition, timeout: float) -> bool:
+    """Let the app run until `condition()` holds (True) or `timeout` seconds passed (its last value):
+    for what the app does on its own clock (polls, workers), however slow the machine."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        await pilot.pause(0.1)
+    return condition()
 
 
 def text_of(app, selector: str) -> str:
