@@ -382,3 +382,20 @@ def test_finetune_screen_snapshot(snap_compare, tmp_path, monkeypatch):
         await pilot.pause(0.6)
 
     assert snap_compare(Workbench(Target.demo(), latency=False), terminal_size=(80, 24), run_before=run_before)
+
+
+def test_a_poll_tick_after_the_screens_widgets_are_gone_does_nothing():
+    """The Tune screen's poll timer can tick while the app closes, its widgets already removed
+    (seen once as a NoMatches traceback when a test's app exited under load)."""
+    app = Workbench(Target.demo(), latency=False)
+
+    async def script(pilot):
+        await pilot.press("f")
+        await settle(pilot)
+        screen = app.screen
+        await pilot.press("w")
+        await settle(pilot)
+        await screen.query_one("#run-line").remove()
+        screen.poll()
+
+    drive(app, script)

@@ -9,6 +9,7 @@ from pathlib import Path
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 from textual_plotext import PlotextPlot
@@ -71,7 +72,10 @@ class CompareScreen(Screen):
 
     def action_reload(self) -> None:
         """Read every run again (a run still going has measured more since)."""
-        note = self.query_one("#compare-note", Static)
+        try:
+            note = self.query_one("#compare-note", Static)
+        except NoMatches:  # a refresh tick while the app closes: the screen's widgets are already gone
+            return
         try:
             self.rows = compare(self.paths, self.by, self.sort)
         except WorkbenchError as exc:

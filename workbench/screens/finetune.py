@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, ClassVar
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, ProgressBar, Static
 
 from core import report
@@ -243,10 +244,13 @@ class FinetuneScreen(WorkbenchScreen):
 
     def poll(self) -> None:
         """Read what the run wrote since the last poll and show it."""
+        try:
+            run_line = self.query_one("#run-line", Static)
+        except NoMatches:  # a tick while the app closes: the screen's widgets are already gone
+            return
         run = self.app.followed
         if run is None:
-            self.query_one("#run-line", Static).update(
-                "[dim]no run yet: s starts one · enter edits a cell · a adds, x deletes a stage[/]")
+            run_line.update("[dim]no run yet: s starts one · enter edits a cell · a adds, x deletes a stage[/]")
             return
         if run is not self._attached:
             self._attached = run
