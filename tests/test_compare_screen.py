@@ -63,3 +63,19 @@ def test_compare_screen_sorts_toggles_and_follows_runs(tmp_path):
             assert _column(app, 1)[0] == "going" and _column(app, 3)[0] == "finetune:ce"
 
     asyncio.run(main())
+
+
+def test_a_refresh_tick_after_the_screens_widgets_are_gone_does_nothing(tmp_path):
+    """The refresh timer can tick while the app closes, the screen's widgets already removed."""
+    _run(tmp_path / "a1", [("baseline", 100, 0.90, 2.0), ("finetune:ce", 50, 0.88, 1.0)])
+    _run(tmp_path / "a2", [("baseline", 100, 0.90, 2.0), ("finetune:ce", 40, 0.86, 1.6)])
+    app = CompareApp([tmp_path])
+
+    async def main():
+        async with app.run_test(size=(120, 40)) as pilot:
+            await pilot.pause()
+            screen = app.screen
+            await screen.query_one("#compare-note").remove()
+            screen.action_reload()
+
+    asyncio.run(main())
