@@ -104,7 +104,7 @@ def time_decomposed(decomposer, layers: list) -> None:
 def pays_off(before: float, after: float) -> bool:
     """Whether a decomposed form timed alone at `after` ms is worth putting in place of the layer's
     `before` ms: faster by at least MIN_GAIN, as a smaller gain measured alone is within the timing
-    noise and is eaten inside the model by the two extra convs' memory traffic."""
+    noise, and such layers made the whole model slower in bench/bench_latency.py."""
     return after < before * (1 - MIN_GAIN)
 
 
