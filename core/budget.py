@@ -74,7 +74,7 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     `baseline` (params, FLOPs), by default the planner's own network; latency: of its measured time)."""
     metric, goal = _metric(target)
     if metric == "latency":
-        from core.layer_times import prune_latency, table_for
+        from core.layer_times import calibrate_prune, prune_latency, table_for
 
         base = table_for(planner, planner.model, planner.input_shape).model_ms()
 
@@ -89,10 +89,10 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     strategy = settings.strategy
     if strategy in ("P1", "P2", "P3"):
         knob, make = "coef", lambda v: settings.model_copy(update={"coef": v})
-        value = _bisect(lambda v: fraction(make(v)), *COEF_RANGE, goal, increasing=True, log=True)
+        low, high, increasing, log = *COEF_RANGE, True, True
     elif strategy == "P4":
         knob, make = "percent", lambda v: settings.model_copy(update={"percent": v})
-        value = _bisect(lambda v: fraction(make(v)), 0.0, 1.0 - 1e-9, goal, increasing=False)
+        low, high, increasing, log = 0.0, 1.0 - 1e-9, False, False
     elif strategy == "P5":
         stages = planner._stage_plan(settings)
         top = max(stages.ratios)
@@ -104,10 +104,13 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
         def make(v: float) -> PruneSection:
             return settings.model_copy(update={"stage_bounds": list(stages.bounds), "skip": list(stages.skip),
                                                "stage_ratios": [min(r * v, 1.0) for r in stages.ratios]})
-        value = _bisect(lambda v: fraction(make(v)), 0.0, 1.0 / top, goal, increasing=False)
+        low, high, increasing, log = 0.0, 1.0 / top, False, False
     else:
         raise WorkbenchError(f"target: strategy {strategy} has no knob to solve (P1-P5 do); drop [target] or "
                              "pick one of those")
+    if metric == "latency":  # the table fitted to the most compressing plan, pruned and timed whole
+        calibrate_prune(planner, planner.plan(make(low if increasing else high)))
+    value = _bisect(lambda v: fraction(make(v)), low, high, goal, increasing, log)
     solved = make(value)
     return solved, Solved(knob, value, metric, goal, fraction(solved))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
@@ -188,94 +189,127 @@ def _around(c: int) -> tuple[int, int]:
 class LatencyTable:
     """Per-layer forward times of one model at one device and batch size: every Conv2d and Linear
     timed alone on its real input shape (forward hooks, once), at the channel counts a plan gives
-    it, and the whole model once. Measured points are cached; counts between grid points are
-    interpolated, so a budget's bisection re-plans at the cost of arithmetic.
+    it, and the whole model once, in each memory format an image model can run in (contiguous,
+    channels-last). Measured points are cached; counts between grid points are interpolated, so a
+    budget's bisection re-plans at the cost of arithmetic.
 
-    A plan's predicted time is the model's measured time scaled by the sum of its layers' times
-    (changed layers at their new shapes) over the sum at full shapes; the time spent outside
-    convs and linears (norms, activations, additions) counts as unchanged."""
+    A plan's predicted time, in each format, is the model's measured time scaled by the sum of its
+    layers' times (changed layers at their new shapes) and of the time spent outside convs and
+    linears (norms, activations, additions, calls), over that sum at full shapes; the prediction
+    is the faster format's (a compressed model runs in the format it is faster in, and narrow convs
+    can be slower than wide ones in channels-last). A share of the outside time shrinks with the
+    layers' time: 0 (it counts as unchanged) until `calibrate` fits it to one compressed model
+    timed whole (a latency budget's most compressing plan)."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
         self.model, self.input_shape, self.device, self.batch = model, tuple(input_shape), device, batch
         modules = dict(model.named_modules())
         self.layers = {name: spec for name, shape in input_shapes(model, input_shape).items()
                        if (spec := spec_of(modules[name], shape)) is not None}
-        self._points: dict[tuple, float] = {}
-        self._model_ms: float | None = None
-        self._channels_last: bool | None = None
-        self._full_ms: float | None = None
+        image = len(self.input_shape) == 3 and any(isinstance(m, nn.Conv2d) for m in modules.values())
+        self.formats = (False, True) if image else (False,)  # channels-last or not
+        self._points: dict[bool, dict[tuple, float]] = {last: {} for last in self.formats}
+        self._model: dict[bool, float] | None = None
+        self._full: dict[bool, float] = {}
+        self.scaling = 0.0     # share of the outside time that shrinks with the layers' time
+        self.anchor: tuple | None = None   # what `calibrate` fitted it to
+
+    def _model_times(self) -> dict[bool, float]:
+        """The whole model's forward time (ms) in each format, measured once."""
+        if self._model is None:
+            self._model = {last: compare_latency({"m": self.model}, self.input_shape, (self.batch,), self.device,
+                                                 repeats=REPEATS, channels_last=last)["m"][0].median_ms
+                           for last in self.formats}
+        return self._model
 
     def model_ms(self) -> float:
-        """The whole model's forward time (ms), measured once, in its faster memory format."""
-        if self._model_ms is None:
-            measured = compare_latency({"model": self.model}, self.input_shape, (self.batch,), self.device,
-                                       repeats=REPEATS)["model"][0]
-            self._model_ms, self._channels_last = measured.median_ms, measured.channels_last
-        return self._model_ms
+        """The whole model's forward time (ms) in its faster memory format."""
+        return min(self._model_times().values())
 
     def channels_last(self) -> bool:
-        """Whether the whole model is faster in channels-last (measured once, with `model_ms`)."""
-        self.model_ms()
-        return bool(self._channels_last)
+        """Whether the whole model is faster in channels-last."""
+        times = self._model_times()
+        return min(times, key=times.get)
 
-    def measure(self, points: list[tuple[Spec, int, int]]) -> None:
-        """Time the points (spec, input channels, output channels) not yet in the table."""
-        todo = list(dict.fromkeys(p for p in points if p not in self._points))
-        if not todo:
-            return
-        channels_last = self.channels_last()  # the layers run in the model's memory format
-        for spec, cin, cout in todo:  # one call each: the points differ in their input shape
-            measured = compare_latency({"m": spec.module(cin, cout)}, spec.input_shape(cin), (self.batch,),
-                                       self.device, repeats=TABLE_REPEATS, block_s=TABLE_BLOCK_S,
-                                       channels_last=channels_last)
-            self._points[spec, cin, cout] = measured["m"][0].median_ms
+    def measure(self, points: list[tuple[Spec, int, int]], last: bool | None = None) -> None:
+        """Time the points (spec, input channels, output channels) not yet in the table, in format
+        `last` (None: the whole model's faster one)."""
+        last = self.channels_last() if last is None else last
+        table = self._points[last]
+        for spec, cin, cout in dict.fromkeys(p for p in points if p not in table):  # one call each: shapes differ
+            table[spec, cin, cout] = compare_latency(
+                {"m": spec.module(cin, cout)}, spec.input_shape(cin), (self.batch,), self.device,
+                repeats=TABLE_REPEATS, block_s=TABLE_BLOCK_S, channels_last=last)["m"][0].median_ms
 
-    def ms(self, spec: Spec, cin: int, cout: int, exact: bool = False) -> float:
-        """Forward time of a `spec` layer with these channels: measured (`exact`, or on the grid), else
-        interpolated between the grid points around it."""
+    def ms(self, spec: Spec, cin: int, cout: int, exact: bool = False, last: bool | None = None) -> float:
+        """Forward time of a `spec` layer with these channels in format `last` (None: the model's
+        faster one): measured (`exact`, or on the grid), else interpolated between the grid points
+        around it."""
+        last = self.channels_last() if last is None else last
+        t = self._points[last]
         if spec.kind == "depthwise":
             cout = cin
         if exact:
-            self.measure([(spec, cin, cout)])
-            return self._points[spec, cin, cout]
+            self.measure([(spec, cin, cout)], last)
+            return t[spec, cin, cout]
         (i0, i1), (o0, o1) = _around(cin), _around(cout)
         if spec.kind == "depthwise":
             o0, o1 = i0, i1
             corners = [(spec, i0, i0), (spec, i1, i1)]
         else:
             corners = [(spec, a, b) for a in (i0, i1) for b in (o0, o1)]
-        self.measure(corners)
+        self.measure(corners, last)
         u = (cin - i0) / (i1 - i0) if i1 > i0 else 0.0
         v = (cout - o0) / (o1 - o0) if o1 > o0 else 0.0
-        t = self._points
         if spec.kind == "depthwise":
             return t[spec, i0, i0] * (1 - u) + t[spec, i1, i1] * u
         return (t[spec, i0, o0] * (1 - u) * (1 - v) + t[spec, i0, o1] * (1 - u) * v
                 + t[spec, i1, o0] * u * (1 - v) + t[spec, i1, o1] * u * v)
 
-    def layer_ms(self, name: str, cin: int | None = None, cout: int | None = None, exact: bool = False) -> float:
-        """Layer `name`'s time with `cin`/`cout` channels (default: its own)."""
+    def layer_ms(self, name: str, cin: int | None = None, cout: int | None = None, exact: bool = False,
+                 last: bool | None = None) -> float:
+        """Layer `name`'s time with `cin`/`cout` channels (default: its own) in format `last`."""
         spec, full_in, full_out = self.layers[name]
-        return self.ms(spec, full_in if cin is None else cin, full_out if cout is None else cout, exact)
+        return self.ms(spec, full_in if cin is None else cin, full_out if cout is None else cout, exact, last)
 
-    def decomposed_ms(self, name: str, method: str, ranks: tuple[int, ...]) -> float:
-        """Layer `name`'s time decomposed by `method` at `ranks`: the sum of the layers it becomes
-        (1x1 conv, core conv, 1x1 conv; for an SVD, two linears)."""
+    def decomposed_ms(self, name: str, method: str, ranks: tuple[int, ...], last: bool | None = None) -> float:
+        """Layer `name`'s time decomposed by `method` at `ranks` in format `last`: the sum of the layers
+        it becomes (1x1 conv, core conv, 1x1 conv; for an SVD, two linears)."""
         spec, cin, cout = self.layers[name]
         if method == "svd":
-            return self.ms(spec, cin, ranks[0]) + self.ms(spec, ranks[0], cout)
+            return self.ms(spec, cin, ranks[0], last=last) + self.ms(spec, ranks[0], cout, last=last)
         r_out, r_in = ranks if method == "tucker2" else (ranks[0], ranks[0])
         core = spec if method == "tucker2" else Spec("depthwise", *dataclasses.astuple(spec)[1:])
-        return (self.ms(spec.pointwise(), cin, r_in) + self.ms(core, r_in, r_out)
-                + self.ms(spec.pointwise(after=True), r_out, cout))
+        return (self.ms(spec.pointwise(), cin, r_in, last=last) + self.ms(core, r_in, r_out, last=last)
+                + self.ms(spec.pointwise(after=True), r_out, cout, last=last))
 
-    def predicted_ms(self, changed: dict[str, float]) -> float:
-        """The model's time with the layers in `changed` taking the time given there (ms)."""
-        if self._full_ms is None:
-            self._full_ms = sum(self.layer_ms(name) for name in self.layers)
-        layers = self._full_ms + sum(after - self.layer_ms(name) for name, after in changed.items())
-        rest = max(self.model_ms() - self._full_ms, 0.0)
-        return self.model_ms() * (rest + max(layers, 0.0)) / (rest + self._full_ms)
+    def _sums(self, changed: dict[str, float], last: bool) -> tuple[float, float, float]:
+        """(outside time, layers' time at full shapes, layers' time with `changed`) in format `last`, ms."""
+        if last not in self._full:
+            self._full[last] = sum(self.layer_ms(name, last=last) for name in self.layers)
+        full = self._full[last]
+        layers = full + sum(after - self.layer_ms(name, last=last) for name, after in changed.items())
+        return max(self._model_times()[last] - full, 0.0), full, max(layers, 0.0)
+
+    def predicted_ms(self, changed: Callable[[bool], dict[str, float]]) -> float:
+        """The model's time (ms) in its faster format, the layers `changed(last)` gives taking the
+        times given there in format `last`."""
+        best = None
+        for last, model_ms in self._model_times().items():
+            rest, full, layers = self._sums(changed(last), last)
+            shrunk = rest * (1 - self.scaling + self.scaling * layers / full) if full else rest
+            predicted = model_ms * (shrunk + layers) / (rest + full)
+            best = predicted if best is None else min(best, predicted)
+        return best
+
+    def calibrate(self, changed: dict[str, float], fraction: float, last: bool) -> None:
+        """Fit `scaling` so that the plan `changed` (layer times in format `last`) is predicted in
+        that format at `fraction` of the model's time there, as it measured whole (timed interleaved
+        with the original, in `last`); clipped to [0, 1]."""
+        rest, full, layers = self._sums(changed, last)
+        if rest > 0 and 0 < layers < full:
+            needed = fraction * (rest + full) - layers   # the outside time the measurement leaves
+            self.scaling = min(max((rest - needed) / (rest * (1 - layers / full)), 0.0), 1.0)
 
 
 def table_for(owner, model: nn.Module, input_shape: tuple[int, ...]) -> LatencyTable:
@@ -287,10 +321,10 @@ def table_for(owner, model: nn.Module, input_shape: tuple[int, ...]) -> LatencyT
     return table
 
 
-def pruned_times(planner, plan, exact: bool = False) -> dict[str, tuple[float, float]]:
+def pruned_times(planner, plan, exact: bool = False, last: bool | None = None) -> dict[str, tuple[float, float]]:
     """(before, after) ms of every Conv2d and Linear whose shape the prune plan changes (its own
-    outputs, or its inputs from the layer before), at the planner's `timing`; `exact` measures
-    each new shape, else it comes from the table's grid."""
+    outputs, or its inputs from the layer before), at the planner's `timing`, in format `last`
+    (None: the model's faster one); `exact` measures each new shape, else it comes from the grid."""
     table = table_for(planner, planner.model, planner.input_shape)
     names = {id(m): n for n, m in planner.model.named_modules()}
     out = {}
@@ -298,35 +332,65 @@ def pruned_times(planner, plan, exact: bool = False) -> dict[str, tuple[float, f
         name = names[id(module)]
         if name not in table.layers or (cin, cout) == table.layers[name][1:]:
             continue
-        out[name] = (table.layer_ms(name, exact=exact), table.layer_ms(name, cin, cout, exact))
+        out[name] = (table.layer_ms(name, exact=exact, last=last), table.layer_ms(name, cin, cout, exact, last))
     return out
 
 
+def _after(planner, plan, exact: bool = False) -> Callable[[bool], dict[str, float]]:
+    """Format -> the times after pruning of the layers the plan changes."""
+    return lambda last: {n: after for n, (_, after) in pruned_times(planner, plan, exact, last).items()}
+
+
 def time_prune_plan(planner, plan) -> None:
-    """Fill each planned layer's `time_ms` (its conv before and after, each shape measured) and the
-    plan's `latency_ms` (the model's measured time, and the time the table predicts after pruning)."""
+    """Fill each planned layer's `time_ms` (its conv before and after, each shape measured, in the
+    model's faster format) and the plan's `latency_ms` (the model's measured time, and the time the
+    table predicts after pruning)."""
     table = table_for(planner, planner.model, planner.input_shape)
     changed = pruned_times(planner, plan, exact=True)
     for layer in plan.layers:
         if layer.name in table.layers:
             layer.time_ms = changed.get(layer.name) or (table.layer_ms(layer.name, exact=True),) * 2
-    plan.latency_ms = (table.model_ms(), table.predicted_ms({n: after for n, (_, after) in changed.items()}))
+    plan.latency_ms = (table.model_ms(), table.predicted_ms(_after(planner, plan, exact=True)))
     plan.timing = planner.timing
+
+
+def calibrate_prune(planner, plan) -> None:
+    """Fit the planner's latency table to `plan` pruned and timed whole, interleaved with the
+    original, at the planner's `timing`; once per table (the first latency budget's most
+    compressing plan)."""
+    from core.prune.surgery import apply_pruning
+
+    table = table_for(planner, planner.model, planner.input_shape)
+    if table.anchor is not None:
+        return
+    pruned, _ = apply_pruning(planner.model, planner.arch, plan.keep(), planner.input_shape)
+    device, batch = planner.timing
+    measured = {name: lat[0] for name, lat in compare_latency(
+        {"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,), device, repeats=REPEATS).items()}
+    last = measured["pruned"].channels_last if measured["pruned"].channels_last in table.formats else False
+    # the pruned model's time in its format, over the original's in its own: the table's terms
+    fraction = measured["pruned"].median_ms / measured["original"].median_ms * table.model_ms() \
+        / table._model_times()[last]
+    table.calibrate(_after(planner, plan)(last), fraction, last)
+    table.anchor = (plan, fraction, last)
 
 
 def prune_latency(planner, plan) -> float:
     """The pruned model's time (ms) predicted from the table (grid points, interpolated)."""
     table = table_for(planner, planner.model, planner.input_shape)
-    return table.predicted_ms({n: after for n, (_, after) in pruned_times(planner, plan).items()})
+    return table.predicted_ms(_after(planner, plan))
 
 
 def decompose_latency(decomposer, plan, skip_slower: bool = False) -> float:
     """The decomposed model's time (ms) predicted from the table; with `skip_slower` a layer whose
     decomposed form does not pay off on the table (`pays_off`) counts as left whole."""
     table = table_for(decomposer, decomposer.model, decomposer.input_shape)
-    changed = {}
-    for layer in plan.decomposed:
-        after = table.decomposed_ms(layer.name, layer.method, layer.ranks)
-        before = table.layer_ms(layer.name)
-        changed[layer.name] = before if skip_slower and not pays_off(before, after) else after
+
+    def changed(last: bool) -> dict[str, float]:
+        out = {}
+        for layer in plan.decomposed:
+            after = table.decomposed_ms(layer.name, layer.method, layer.ranks, last)
+            before = table.layer_ms(layer.name, last=last)
+            out[layer.name] = before if skip_slower and not pays_off(before, after) else after
+        return out
     return table.predicted_ms(changed)

@@ -73,8 +73,8 @@ def test_a_memory_format_can_be_fixed_and_the_table_uses_the_models(monkeypatch)
     monkeypatch.setattr(core.layer_times, "compare_latency", spy)
     table = LatencyTable(demo, (1, 8, 8))
     table.layer_ms(next(iter(table.layers)), exact=True)
-    # the whole model chooses its format, then each layer point is timed in it only
-    assert seen == [None, table._channels_last] and isinstance(table._channels_last, bool)
+    # the whole model is timed in each format, then the layer point in the faster one only
+    assert seen == [False, True, table.channels_last()] and isinstance(table.channels_last(), bool)
 
 
 def test_spread_warning_names_what_is_untrustworthy():
