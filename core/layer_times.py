@@ -302,14 +302,17 @@ class LatencyTable:
             best = predicted if best is None else min(best, predicted)
         return best
 
-    def calibrate(self, changed: dict[str, float], fraction: float, last: bool) -> None:
+    def calibrate(self, changed: dict[str, float], fraction: float, last: bool) -> bool:
         """Fit `scaling` so that the plan `changed` (layer times in format `last`) is predicted in
         that format at `fraction` of the model's time there, as it measured whole (timed interleaved
-        with the original, in `last`); clipped to [0, 1]."""
+        with the original); clipped to [0, 1]. False (nothing fitted) when the table says the plan
+        saves no layer time in `last`."""
         rest, full, layers = self._sums(changed, last)
-        if rest > 0 and 0 < layers < full:
-            needed = fraction * (rest + full) - layers   # the outside time the measurement leaves
-            self.scaling = min(max((rest - needed) / (rest * (1 - layers / full)), 0.0), 1.0)
+        if not (rest > 0 and 0 < layers < full):
+            return False
+        needed = fraction * (rest + full) - layers   # the outside time the measurement leaves
+        self.scaling = min(max((rest - needed) / (rest * (1 - layers / full)), 0.0), 1.0)
+        return True
 
 
 def table_for(owner, model: nn.Module, input_shape: tuple[int, ...]) -> LatencyTable:
@@ -367,12 +370,15 @@ def calibrate_prune(planner, plan) -> None:
     device, batch = planner.timing
     measured = {name: lat[0] for name, lat in compare_latency(
         {"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,), device, repeats=REPEATS).items()}
-    last = measured["pruned"].channels_last if measured["pruned"].channels_last in table.formats else False
-    # the pruned model's time in its format, over the original's in its own: the table's terms
-    fraction = measured["pruned"].median_ms / measured["original"].median_ms * table.model_ms() \
-        / table._model_times()[last]
-    table.calibrate(_after(planner, plan)(last), fraction, last)
-    table.anchor = (plan, fraction, last)
+    ratio = measured["pruned"].median_ms / measured["original"].median_ms   # each in its faster format
+    ran_in = measured["pruned"].channels_last
+    for last in sorted(table.formats, key=lambda f: f != ran_in):  # its own format first, then the other
+        # the pruned model's time as a fraction of the whole model's in `last`, the table's terms
+        fraction = ratio * table.model_ms() / table._model_times()[last]
+        if table.calibrate(_after(planner, plan)(last), fraction, last):
+            table.anchor = (plan, fraction, last)
+            return
+    table.anchor = (plan, ratio, None)  # nothing to fit: the table says the plan saves no layer time
 
 
 def prune_latency(planner, plan) -> float:
