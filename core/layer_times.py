@@ -222,9 +222,10 @@ class LatencyTable:
                            for last in self.formats}
         return self._model
 
-    def model_ms(self) -> float:
-        """The whole model's forward time (ms) in its faster memory format."""
-        return min(self._model_times().values())
+    def model_ms(self, last: bool | None = None) -> float:
+        """The whole model's forward time (ms) in format `last` (None: its faster one)."""
+        times = self._model_times()
+        return min(times.values()) if last is None else times[last]
 
     def channels_last(self) -> bool:
         """Whether the whole model is faster in channels-last."""
@@ -289,7 +290,7 @@ class LatencyTable:
             self._full[last] = sum(self.layer_ms(name, last=last) for name in self.layers)
         full = self._full[last]
         layers = full + sum(after - self.layer_ms(name, last=last) for name, after in changed.items())
-        return max(self._model_times()[last] - full, 0.0), full, max(layers, 0.0)
+        return max(self.model_ms(last) - full, 0.0), full, max(layers, 0.0)
 
     def predicted_ms(self, changed: Callable[[bool], dict[str, float]]) -> float:
         """The model's time (ms) in its faster format, the layers `changed(last)` gives taking the
@@ -374,7 +375,7 @@ def calibrate_prune(planner, plan) -> None:
     ran_in = measured["pruned"].channels_last
     for last in sorted(table.formats, key=lambda f: f != ran_in):  # its own format first, then the other
         # the pruned model's time as a fraction of the whole model's in `last`, the table's terms
-        fraction = ratio * table.model_ms() / table._model_times()[last]
+        fraction = ratio * table.model_ms() / table.model_ms(last)
         if table.calibrate(_after(planner, plan)(last), fraction, last):
             table.anchor = (plan, fraction, last)
             return

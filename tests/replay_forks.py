@@ -118,7 +118,7 @@ class ReplayServer:
     def __init__(self, repo: Path, env: dict[str, str]):
         self.process = subprocess.Popen([sys.executable, "-m", "tests.replay_forks"], cwd=repo, env=env,
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        self.count = 0
+        self.count = 0  # replays started: each gets its own stderr file
         assert json.loads(self.process.stdout.readline() or "{}").get("ready"), "the replay server did not start"
 
     def ask(self, **request) -> dict:
@@ -128,8 +128,10 @@ class ReplayServer:
         assert answer, "the replay server died"
         return json.loads(answer)
 
-    def start(self, argv: list[str], cwd: Path, stderr: Path) -> Forked:
-        """`workbench ARGV` in a forked process, run in `cwd`, its stderr in file `stderr`."""
+    def start(self, argv: list[str], cwd: Path, logs: Path) -> Forked:
+        """`workbench ARGV` in a forked process, run in `cwd`, its stderr in a new file in `logs`."""
+        self.count += 1
+        stderr = logs / f"stderr-{self.count}.txt"
         return Forked(self, self.ask(op="start", argv=[str(a) for a in argv], cwd=str(cwd), stderr=str(stderr))["pid"],
                       stderr)
 

@@ -56,9 +56,7 @@ def replays():
 
 def start(replays: ReplayServer, session: Path, out: Path, *extra: str) -> Forked:
     """`workbench replay SESSION --out OUT` in a process of its own (its stderr beside the session)."""
-    replays.count += 1
-    return replays.start(["replay", session, "--out", out, "--no-latency", *extra], REPO,
-                         session.parent / f"stderr-{replays.count}.txt")
+    return replays.start(["replay", session, "--out", out, "--no-latency", *extra], REPO, session.parent)
 
 
 def wait_for(out: Path, predicate, proc: Forked, timeout: float = 240) -> list[dict]:

@@ -327,7 +327,7 @@ def reference(replays, tmp_path_factory) -> Reference:
     root = tmp_path_factory.mktemp("reference")
     (root / "s.toml").write_text(KILL_SESSION)
     wall = time.time()
-    proc = replays.start(["replay", root / "s.toml", "--out", root / "run", "--no-latency"], REPO, root / "stderr.txt")
+    proc = replays.start(["replay", root / "s.toml", "--out", root / "run", "--no-latency"], REPO, root)
     assert proc.wait(timeout=300) == 0, proc.stderr_text
     events = read_events(root / "run")
     return Reference(root / "run", events[0]["time"] - wall, events[-1]["time"] - events[0]["time"])
@@ -346,9 +346,8 @@ def run_killed(replays: ReplayServer, session: Path, out: Path, resume: bool,
     ("start", t) t seconds after launch, ("writing", t) t seconds after it wrote its first event
     into the folder."""
     before = lines(out / "metrics.jsonl")
-    replays.count += 1
     proc = replays.start(["replay", session, "--out", out, "--no-latency", *(["--resume"] if resume else [])],
-                         REPO, session.parent / f"stderr-{replays.count}.txt")
+                         REPO, session.parent)
     if kill is None:
         return proc.wait(timeout=300), proc.stderr_text
     phase, delay = kill
