@@ -88,3 +88,20 @@ def test_layout_and_determinism_when_rank_exceeds_the_modes(weights):
     again = cp.cp3(w, 40)
     assert all(torch.equal(x, y) for x, y in zip((first, depthwise, last), again))
     assert relative_error(w, compose(first, depthwise, last)) < 0.05
+
+
+def test_start_is_the_tensors_largest_orthogonal_rank_one_terms(weights):
+    """The start's terms are orthogonal (orthonormal taps, then each slice's SVD), so truncating
+    to R leaves exactly the energy of the dropped singular values; all of them give the tensor back.
+    Checked against numpy's SVDs."""
+    import numpy as np
+
+    w = weights["layer2.4.conv2"]
+    tensor = w.reshape(*w.shape[:2], -1).double()
+    t = tensor.numpy()
+    taps = np.linalg.svd(t.reshape(-1, t.shape[2]), full_matrices=False)[2]
+    s = np.sort(np.concatenate([np.linalg.svd(t @ tap, compute_uv=False) for tap in taps]))[::-1]
+    for rank in (10, 63, len(s)):
+        a, b, c = cp._init(tensor, rank)
+        error = relative_error(tensor, torch.einsum("ir,jr,kr->ijk", a, b, c))
+        assert error == pytest.approx(float(np.sqrt((s[rank:] ** 2).sum() / (s ** 2).sum())), abs=1e-9)
