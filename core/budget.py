@@ -20,6 +20,7 @@ from core.errors import WorkbenchError
 from core.session import DecomposeSection, LayerRanks, PruneSection, TargetSection
 
 STEPS = 40          # bisection steps: the knob to ~1e-12 of its range, far below a filter or a rank
+SCAN = 9            # latency: knob values tried when the most compressing end is not the fastest
 X_RANGE = (1.0 + 1e-6, 1e4)
 COEF_RANGE = (1e-3, 1e4)
 
@@ -42,21 +43,38 @@ def _metric(target: TargetSection) -> tuple[str, float]:
 
 
 def _bisect(cost: Callable[[float], float], low: float, high: float, goal: float, increasing: bool,
-            log: bool = False) -> float:
+            log: bool = False, scan: int = 0) -> float:
     """The knob in [low, high] whose cost is nearest `goal` (cost monotone in the knob, in steps): the
     two sides of the step that crosses the goal are found by bisection and the nearer one is taken."""
-    ok, bad = _bracket(cost, low, high, goal, increasing, log)
+    ok, bad = _bracket(cost, low, high, goal, increasing, log, scan)
     return ok if bad is None or goal - cost(ok) <= cost(bad) - goal else bad
 
 
+def _between(a: float, b: float, t: float, log: bool) -> float:
+    return a * (b / a) ** t if log else a + (b - a) * t
+
+
 def _bracket(cost: Callable[[float], float], low: float, high: float, goal: float, increasing: bool,
-             log: bool = False) -> tuple[float, float | None]:
+             log: bool = False, scan: int = 0) -> tuple[float, float | None]:
     """The two knob values either side of the step where the cost crosses `goal`: (fits, does not),
-    or (the end that fits best, None) when all of [low, high] fits."""
+    or (the end that fits best, None) when all of [low, high] fits.
+
+    `scan` > 0 is for a cost that need not fall all the way as the knob compresses more (measured
+    time: very narrow convs can run slower than wider ones): when the most compressing end does not
+    fit, the knob values at 1/(scan+1) steps are tried from the least compressing side, and the first
+    that fits takes the end's place."""
     def fits(v: float) -> bool:
         return cost(v) <= goal
 
     ok, bad = (low, high) if increasing else (high, low)  # the end that compresses most, and the other
+    if not fits(ok) and scan:
+        tried = [_between(bad, ok, i / (scan + 1), log) for i in range(1, scan + 1)]
+        fitting = next((v for v in tried if fits(v)), None)
+        if fitting is None:
+            best = min([ok, *tried], key=cost)
+            raise WorkbenchError(f"target: the fastest plan found (at {best:g}) keeps {cost(best):.4f} of the "
+                                 f"baseline, above the {goal} asked for: compress more layers or raise the target")
+        ok = fitting
     if not fits(ok):
         raise WorkbenchError(f"target: even at {ok:g} the plan keeps {cost(ok):.4f} of the baseline, above the "
                              f"{goal} asked for: compress more layers or raise the target")
@@ -74,12 +92,12 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     `baseline` (params, FLOPs), by default the planner's own network; latency: of its measured time)."""
     metric, goal = _metric(target)
     if metric == "latency":
-        from core.layer_times import calibrate_prune, prune_latency, table_for
+        from core.layer_times import prune_latency, refit_prune, table_for
 
-        base = table_for(planner, planner.model, planner.input_shape).model_ms()
+        table = table_for(planner, planner.model, planner.input_shape)  # times the model when first asked
 
         def fraction(s: PruneSection) -> float:
-            return prune_latency(planner, planner.plan(s)) / base
+            return prune_latency(planner, planner.plan(s)) / table.model_ms()
     else:
         base = dict(zip(("params", "flops"), baseline or planner.baseline))[metric]
 
@@ -108,9 +126,21 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     else:
         raise WorkbenchError(f"target: strategy {strategy} has no knob to solve (P1-P5 do); drop [target] or "
                              "pick one of those")
-    if metric == "latency":  # the table fitted to the most compressing plan, pruned and timed whole
-        calibrate_prune(planner, planner.plan(make(low if increasing else high)))
-    value = _bisect(lambda v: fraction(make(v)), low, high, goal, increasing, log)
+    def solve() -> float:
+        return _bisect(lambda v: fraction(make(v)), low, high, goal, increasing, log, SCAN if metric == "latency" else 0)
+
+    if metric != "latency":
+        value = solve()
+    else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole
+        try:
+            value = solve()
+        except WorkbenchError:
+            if not refit_prune(planner, planner.plan(make(low if increasing else high))):
+                raise
+            value = solve()
+        else:
+            if refit_prune(planner, planner.plan(make(value))):
+                value = solve()
     solved = make(value)
     return solved, Solved(knob, value, metric, goal, fraction(solved))
 
@@ -150,7 +180,8 @@ def solve_decompose(decomposer, settings: DecomposeSection, target: TargetSectio
         return settings.model_copy(update={"x": x})
 
     # on the cost model alone, never timed; then layer by layer up to the next step's ranks
-    ok, bad = _bracket(lambda x: fraction(at(x)), *X_RANGE, goal, increasing=False, log=True)
+    ok, bad = _bracket(lambda x: fraction(at(x)), *X_RANGE, goal, increasing=False, log=True,
+                       scan=SCAN if metric == "latency" else 0)
     best = at(ok) if bad is None else _refine(decomposer, at(ok), at(bad), goal, fraction)
     achieved = fraction(best) if not settings.skip_slower or metric == "latency" else \
         getattr(decomposer.plan(best), metric)[1] / base

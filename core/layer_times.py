@@ -24,10 +24,12 @@ from torch import nn
 from core.measure import compare_latency
 
 REPEATS = 7        # interleaved rounds per layer
-TABLE_REPEATS = 5  # rounds per point of the latency table (many points; each in the model's memory format)
+TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times ~130 points)
 BLOCK_S = 0.005    # each timed block runs at least this long
 MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
-TABLE_BLOCK_S = 0.002  # a table point's blocks: a budget's first solve times dozens of points
+TABLE_BLOCK_S = 0.002  # a table point's blocks
+WHOLE_BLOCK_S = 0.01   # the blocks of whole models timed for the table (model times, calibration)
+REFIT_NEAR = 0.1      # a latency budget refits the table unless its plan is this near the last fitted one
 
 
 def input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
@@ -193,13 +195,15 @@ class LatencyTable:
     channels-last). Measured points are cached; counts between grid points are interpolated, so a
     budget's bisection re-plans at the cost of arithmetic.
 
-    A plan's predicted time, in each format, is the model's measured time scaled by the sum of its
-    layers' times (changed layers at their new shapes) and of the time spent outside convs and
-    linears (norms, activations, additions, calls), over that sum at full shapes; the prediction
-    is the faster format's (a compressed model runs in the format it is faster in, and narrow convs
-    can be slower than wide ones in channels-last). A share of the outside time shrinks with the
-    layers' time: 0 (it counts as unchanged) until `calibrate` fits it to one compressed model
-    timed whole (a latency budget's most compressing plan)."""
+    A plan's predicted time, in each format, is the model's measured time less a share `w` of it
+    that scales with the sum of its convs' and linears' times (changed layers at their new shapes):
+    model * (1 - w (1 - layers / full)); the prediction is the faster format's (a compressed model
+    runs in the format it is faster in, and narrow convs can be slower than wide ones in
+    channels-last). `w` is the layers' share of the model's time, their times alone over the
+    model's (at most 1), until `calibrate` fits it in each format to a compressed model timed whole
+    there: the layers' times alone do not add up to the model's (in contiguous format here they
+    exceed it), and part of the rest (norms, activations, additions) shrinks with them.
+    """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
         self.model, self.input_shape, self.device, self.batch = model, tuple(input_shape), device, batch
@@ -211,16 +215,22 @@ class LatencyTable:
         self._points: dict[bool, dict[tuple, float]] = {last: {} for last in self.formats}
         self._model: dict[bool, float] | None = None
         self._full: dict[bool, float] = {}
-        self.scaling = 0.0     # share of the outside time that shrinks with the layers' time
-        self.anchor: tuple | None = None   # what `calibrate` fitted it to
+        self.weight: dict[bool, float] = {}    # per format, the fitted share `w` (absent: the layers' share)
+        self.anchor: tuple | None = None   # (plan, {format: measured fraction}) `calibrate` was fitted to
 
     def _model_times(self) -> dict[bool, float]:
         """The whole model's forward time (ms) in each format, measured once."""
         if self._model is None:
             self._model = {last: compare_latency({"m": self.model}, self.input_shape, (self.batch,), self.device,
-                                                 repeats=REPEATS, channels_last=last)["m"][0].median_ms
+                                                 repeats=REPEATS, block_s=WHOLE_BLOCK_S,
+                                                 channels_last=last)["m"][0].median_ms
                            for last in self.formats}
         return self._model
+
+    def adopt_model_times(self, times: dict[bool, float]) -> None:
+        """Take the whole model's times (ms per format) measured elsewhere, unless measured already."""
+        if self._model is None:
+            self._model = dict(times)
 
     def model_ms(self, last: bool | None = None) -> float:
         """The whole model's forward time (ms) in format `last` (None: its faster one)."""
@@ -240,7 +250,7 @@ class LatencyTable:
         for spec, cin, cout in dict.fromkeys(p for p in points if p not in table):  # one call each: shapes differ
             table[spec, cin, cout] = compare_latency(
                 {"m": spec.module(cin, cout)}, spec.input_shape(cin), (self.batch,), self.device,
-                repeats=TABLE_REPEATS, block_s=TABLE_BLOCK_S, channels_last=last)["m"][0].median_ms
+                warmup=1, repeats=TABLE_REPEATS, block_s=TABLE_BLOCK_S, channels_last=last)["m"][0].median_ms
 
     def ms(self, spec: Spec, cin: int, cout: int, exact: bool = False, last: bool | None = None) -> float:
         """Forward time of a `spec` layer with these channels in format `last` (None: the model's
@@ -284,36 +294,38 @@ class LatencyTable:
         return (self.ms(spec.pointwise(), cin, r_in, last=last) + self.ms(core, r_in, r_out, last=last)
                 + self.ms(spec.pointwise(after=True), r_out, cout, last=last))
 
-    def _sums(self, changed: dict[str, float], last: bool) -> tuple[float, float, float]:
-        """(outside time, layers' time at full shapes, layers' time with `changed`) in format `last`, ms."""
+    def _layers(self, changed: dict[str, float], last: bool) -> tuple[float, float]:
+        """(layers' time at full shapes, layers' time with `changed`) in format `last`, ms."""
         if last not in self._full:
             self._full[last] = sum(self.layer_ms(name, last=last) for name in self.layers)
         full = self._full[last]
-        layers = full + sum(after - self.layer_ms(name, last=last) for name, after in changed.items())
-        return max(self.model_ms(last) - full, 0.0), full, max(layers, 0.0)
+        return full, max(full + sum(after - self.layer_ms(name, last=last) for name, after in changed.items()), 0.0)
+
+    def _share(self, last: bool) -> float:
+        """`w` in format `last`: fitted, else the layers' share of the model's time (at most 1)."""
+        if last in self.weight:
+            return self.weight[last]
+        return min(self._layers({}, last)[0] / self.model_ms(last), 1.0)
 
     def predicted_ms(self, changed: Callable[[bool], dict[str, float]]) -> float:
         """The model's time (ms) in its faster format, the layers `changed(last)` gives taking the
         times given there in format `last`."""
         best = None
         for last, model_ms in self._model_times().items():
-            rest, full, layers = self._sums(changed(last), last)
-            shrunk = rest * (1 - self.scaling + self.scaling * layers / full) if full else rest
-            predicted = model_ms * (shrunk + layers) / (rest + full)
+            full, layers = self._layers(changed(last), last)
+            predicted = model_ms * (1 - self._share(last) * (1 - layers / full)) if full else model_ms
             best = predicted if best is None else min(best, predicted)
         return best
 
-    def calibrate(self, changed: dict[str, float], fraction: float, last: bool) -> bool:
-        """Fit `scaling` so that the plan `changed` (layer times in format `last`) is predicted in
-        that format at `fraction` of the model's time there, as it measured whole (timed interleaved
-        with the original); clipped to [0, 1]. False (nothing fitted) when the table says the plan
-        saves no layer time in `last`."""
-        rest, full, layers = self._sums(changed, last)
-        if not (rest > 0 and 0 < layers < full):
-            return False
-        needed = fraction * (rest + full) - layers   # the outside time the measurement leaves
-        self.scaling = min(max((rest - needed) / (rest * (1 - layers / full)), 0.0), 1.0)
-        return True
+    def calibrate(self, changed: dict[bool, dict[str, float]], fractions: dict[bool, float]) -> None:
+        """Fit `w` in each format so that a compressed model (its layers' times `changed[last]`)
+        is predicted at `fractions[last]` of the model's time there, as it measured whole (timed
+        interleaved with the original); clipped to [0, 1]. A format where the table says the plan
+        saves no layer time keeps its share."""
+        for last, fraction in fractions.items():
+            full, layers = self._layers(changed[last], last)
+            if 0 < full and layers < full:
+                self.weight[last] = min(max((1 - fraction) / (1 - layers / full), 0.0), 1.0)
 
 
 def table_for(owner, model: nn.Module, input_shape: tuple[int, ...]) -> LatencyTable:
@@ -359,27 +371,33 @@ def time_prune_plan(planner, plan) -> None:
 
 
 def calibrate_prune(planner, plan) -> None:
-    """Fit the planner's latency table to `plan` pruned and timed whole, interleaved with the
-    original, at the planner's `timing`; once per table (the first latency budget's most
-    compressing plan)."""
+    """Fit the planner's latency table (`LatencyTable.calibrate`) to `plan` pruned and timed whole,
+    interleaved with the original in each memory format, at the planner's `timing`. The original's
+    times there become the table's whole-model times if it had none."""
     from core.prune.surgery import apply_pruning
 
     table = table_for(planner, planner.model, planner.input_shape)
-    if table.anchor is not None:
-        return
     pruned, _ = apply_pruning(planner.model, planner.arch, plan.keep(), planner.input_shape)
     device, batch = planner.timing
-    measured = {name: lat[0] for name, lat in compare_latency(
-        {"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,), device, repeats=REPEATS).items()}
-    ratio = measured["pruned"].median_ms / measured["original"].median_ms   # each in its faster format
-    ran_in = measured["pruned"].channels_last
-    for last in sorted(table.formats, key=lambda f: f != ran_in):  # its own format first, then the other
-        # the pruned model's time as a fraction of the whole model's in `last`, the table's terms
-        fraction = ratio * table.model_ms() / table.model_ms(last)
-        if table.calibrate(_after(planner, plan)(last), fraction, last):
-            table.anchor = (plan, fraction, last)
-            return
-    table.anchor = (plan, ratio, None)  # nothing to fit: the table says the plan saves no layer time
+    measured = {last: compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
+                                      device, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
+                for last in table.formats}
+    table.adopt_model_times({last: m["original"][0].median_ms for last, m in measured.items()})
+    fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
+    after = _after(planner, plan)
+    table.calibrate({last: after(last) for last in table.formats}, fractions)
+    table.anchor = (plan, fractions)
+
+
+def refit_prune(planner, plan) -> bool:
+    """Calibrate the planner's table on `plan` (`calibrate_prune`) unless it was last fitted to a plan
+    predicted within REFIT_NEAR of the model's time of this one; whether it did."""
+    table = table_for(planner, planner.model, planner.input_shape)
+    if table.anchor is not None and abs(prune_latency(planner, plan) - prune_latency(planner, table.anchor[0])) \
+            <= REFIT_NEAR * table.model_ms():
+        return False
+    calibrate_prune(planner, plan)
+    return True
 
 
 def prune_latency(planner, plan) -> float:

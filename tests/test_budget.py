@@ -80,3 +80,18 @@ def test_replay_reports_the_solved_knob(tmp_path):
     assert report["target"]["achieved"] == pytest.approx(pruned["flops"] / report["steps"][0]["flops"])
     assert abs(report["target"]["achieved"] - 0.6) < 0.05
     assert "[target] flops = 0.6 of the baseline: solved coef" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_a_cost_that_rises_again_at_the_compressing_end_is_scanned():
+    """Measured time can rise again as the knob compresses most (very narrow convs run slower on
+    oneDNN): a V-shaped cost over P4's percent (larger compresses more), lowest 0.5 at 0.6."""
+    from core.budget import _bisect
+
+    def cost(v: float) -> float:
+        return abs(v - 0.6) + 0.5
+    with pytest.raises(WorkbenchError, match="target: even at 1 the plan keeps 0.9000"):
+        _bisect(cost, 0.0, 1.0, 0.7, increasing=False)
+    value = _bisect(cost, 0.0, 1.0, 0.7, increasing=False, scan=9)   # 0.4 is the first of 0.1 .. 0.9 that fits
+    assert value == pytest.approx(0.4) and cost(value) == pytest.approx(0.7)
+    with pytest.raises(WorkbenchError, match=r"target: the fastest plan found \(at 0.6\) keeps 0.5000 .* 0.4 asked"):
+        _bisect(cost, 0.0, 1.0, 0.4, increasing=False, scan=9)

@@ -85,7 +85,7 @@ def test_decompose_latency_target_lands_on_the_table(demo, clock):
     predicted = layer_times.decompose_latency(decomposer, decomposer.plan(settings)) / table.model_ms()
     assert result.knob == "x" and settings.x == result.value and result.achieved == pytest.approx(predicted)
     assert abs(result.achieved - 0.8) < 0.03
-    with pytest.raises(WorkbenchError, match="target: even at"):  # one layer cannot take off 80%
+    with pytest.raises(WorkbenchError, match="target: the fastest plan found"):  # one layer cannot take off 80%
         solve_decompose(decomposer, DecomposeSection(layers=["layer3.2.conv2"]), TargetSection(latency=0.2))
 
 
@@ -126,33 +126,38 @@ def test_prediction_is_the_faster_memory_formats(demo, monkeypatch):
     assert predicted < table.model_ms() - 0.1  # contiguous: the narrow conv saves its FLOPs' time there
 
 
-def test_calibration_fits_the_outside_time_to_a_model_timed_whole(demo, clock):
-    """A share of the time outside convs and linears shrinks with their time, fitted so that one
-    compressed model timed whole is predicted at its measured fraction (hand-worked: the clock's
-    model spends 0.05 ms outside its layers)."""
+def test_calibration_fits_the_share_of_the_model_time_that_scales_with_the_layers(demo, clock):
+    """Predicted: model * (1 - w (1 - layers / full)); w starts as the layers' share of the model's
+    time (the clock's model spends 0.05 ms outside its layers, which then stays), and is fitted per
+    format so that one compressed model timed whole is predicted at its measured fraction
+    (hand-worked), clipped to [0, 1]."""
     table = layer_times.LatencyTable(demo.model, INPUT)
     name = "layer2.0.conv1"
-    changed = {name: table.layer_ms(name, cout=8, last=False)}
-    rest, full, layers = table._sums(changed, False)
-    assert rest == pytest.approx(0.05)
-    assert table.predicted_ms(lambda last: changed) == pytest.approx(rest + layers)  # outside time unchanged
-    left = rest * (1 - 0.5 * (1 - layers / full))   # half the outside time shrinks as the layers do
-    table.calibrate(changed, (left + layers) / (rest + full), False)
-    assert table.scaling == pytest.approx(0.5)
-    assert table.predicted_ms(lambda last: changed) == pytest.approx(left + layers)
-    table.calibrate(changed, 2.0, False)                                            # slower than whole: clipped
-    assert table.scaling == 0.0
+    changed = {last: {name: table.layer_ms(name, cout=8, last=last)} for last in table.formats}
+    model = table.model_ms(False)
+    full, layers = table._layers(changed[False], False)
+    assert model - full == pytest.approx(0.05)
+    assert table.predicted_ms(lambda last: changed[last]) == pytest.approx(model - full + layers)  # outside stays
+    fraction = 1 - 0.5 * (1 - layers / full)    # measured whole: half the model's time scales with the layers
+    table.calibrate(changed, {False: fraction, True: 2.0})
+    assert table.weight == {False: pytest.approx(0.5), True: 0.0}
+    assert table.predicted_ms(lambda last: changed[last]) == pytest.approx(fraction * model)
+    table.calibrate(changed, {False: 2.0, True: 2.0})                       # slower than whole: clipped
+    assert table.weight == {False: 0.0, True: 0.0}
+    assert table.predicted_ms(lambda last: changed[last]) == pytest.approx(min(table._model.values()))
 
 
-def test_a_latency_budget_calibrates_once_on_its_most_compressing_plan(demo, clock):
+def test_a_latency_budget_fits_the_table_to_the_plan_it_found_and_refits_far_from_it(demo, clock):
     planner = Planner(demo.model, demo.arch, INPUT)
-    solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.7))
+    solved, _ = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.7))
     table = layer_times.table_for(planner, planner.model, planner.input_shape)
-    plan, fraction, last = table.anchor
-    assert plan.layers == planner.plan(PruneSection(strategy="P4", percent=1.0 - 1e-9)).layers
-    assert 0 < fraction < 1 and last is False
-    solve_prune(planner, PruneSection(strategy="P1"), TargetSection(latency=0.7))
-    assert table.anchor[0] is plan  # fitted once per table
+    plan, fractions = table.anchor
+    assert plan.layers == planner.plan(solved).layers   # the clock is exact: the refit changes nothing
+    assert set(fractions) == set(table.formats) and all(0.6 < f < 0.8 for f in fractions.values())
+    solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.68))
+    assert table.anchor[0] is plan                      # near the fitted plan: not timed again
+    solved, _ = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.4))
+    assert table.anchor[0].layers == planner.plan(solved).layers
 
 
 def test_prune_plan_times_each_layer_and_marks_the_slower(demo, monkeypatch):
