@@ -195,14 +195,15 @@ class LatencyTable:
     channels-last). Measured points are cached; counts between grid points are interpolated, so a
     budget's bisection re-plans at the cost of arithmetic.
 
-    A plan's predicted time, in each format, is the model's measured time less a share `w` of it
+    A plan's predicted time, in a format, is the model's measured time there less a share `w` of it
     that scales with the sum of its convs' and linears' times (changed layers at their new shapes):
-    model * (1 - w (1 - layers / full)); the prediction is the faster format's (a compressed model
-    runs in the format it is faster in, and narrow convs can be slower than wide ones in
-    channels-last). `w` is the layers' share of the model's time, their times alone over the
-    model's (at most 1), until `calibrate` fits it in each format to a compressed model timed whole
-    there: the layers' times alone do not add up to the model's (in contiguous format here they
-    exceed it), and part of the rest (norms, activations, additions) shrinks with them.
+    model * (1 - w (1 - layers / full)). `w` is the layers' share of the model's time, their times
+    alone over the model's (at most 1), until `calibrate` fits it in each format to a compressed
+    model timed whole there: the layers' times alone do not add up to the model's (in contiguous
+    format here they exceed it), and part of the rest (norms, activations, additions) shrinks with
+    them. The prediction is the fastest over the formats in `predicting`: the model's faster one,
+    and the one a compressed model timed whole ran faster in (`calibrate`), as narrow convs can be
+    slower than wide ones in channels-last; layers are timed only in those formats.
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
@@ -216,6 +217,7 @@ class LatencyTable:
         self._model: dict[bool, float] | None = None
         self._full: dict[bool, float] = {}
         self.weight: dict[bool, float] = {}    # per format, the fitted share `w` (absent: the layers' share)
+        self._predicting: set[bool] = set()    # formats added by `calibrate` to the model's faster one
         self.anchor: tuple | None = None   # (plan, {format: measured fraction}) `calibrate` was fitted to
 
     def _model_times(self) -> dict[bool, float]:
@@ -307,23 +309,31 @@ class LatencyTable:
             return self.weight[last]
         return min(self._layers({}, last)[0] / self.model_ms(last), 1.0)
 
+    def predicting(self) -> list[bool]:
+        """The formats a plan is predicted in: the model's faster one, and those `calibrate` added."""
+        return sorted(self._predicting | {self.channels_last()})
+
     def predicted_ms(self, changed: Callable[[bool], dict[str, float]]) -> float:
-        """The model's time (ms) in its faster format, the layers `changed(last)` gives taking the
-        times given there in format `last`."""
+        """The model's time (ms) in the fastest format of `predicting`, the layers `changed(last)`
+        gives taking the times given there in format `last`."""
         best = None
-        for last, model_ms in self._model_times().items():
+        for last in self.predicting():
+            model_ms = self.model_ms(last)
             full, layers = self._layers(changed(last), last)
             predicted = model_ms * (1 - self._share(last) * (1 - layers / full)) if full else model_ms
             best = predicted if best is None else min(best, predicted)
         return best
 
-    def calibrate(self, changed: dict[bool, dict[str, float]], fractions: dict[bool, float]) -> None:
-        """Fit `w` in each format so that a compressed model (its layers' times `changed[last]`)
-        is predicted at `fractions[last]` of the model's time there, as it measured whole (timed
-        interleaved with the original); clipped to [0, 1]. A format where the table says the plan
-        saves no layer time keeps its share."""
-        for last, fraction in fractions.items():
-            full, layers = self._layers(changed[last], last)
+    def calibrate(self, changed: Callable[[bool], dict[str, float]], fractions: dict[bool, float]) -> None:
+        """A compressed model measured whole at `fractions[last]` of the model's time in each format
+        (timed interleaved with the original): the format it ran fastest in joins `predicting`, and
+        in each of those `w` is fitted so that the model, its layers taking `changed(last)`, is
+        predicted at that fraction; clipped to [0, 1]. A format where the table says the plan saves
+        no layer time keeps its share."""
+        self._predicting.add(min(fractions, key=lambda last: fractions[last] * self.model_ms(last)))
+        for last in self.predicting():
+            fraction = fractions[last]
+            full, layers = self._layers(changed(last), last)
             if 0 < full and layers < full:
                 self.weight[last] = min(max((1 - fraction) / (1 - layers / full), 0.0), 1.0)
 
@@ -384,8 +394,7 @@ def calibrate_prune(planner, plan) -> None:
                 for last in table.formats}
     table.adopt_model_times({last: m["original"][0].median_ms for last, m in measured.items()})
     fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
-    after = _after(planner, plan)
-    table.calibrate({last: after(last) for last in table.formats}, fractions)
+    table.calibrate(_after(planner, plan), fractions)
     table.anchor = (plan, fractions)
 
 

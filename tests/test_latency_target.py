@@ -104,9 +104,11 @@ def test_table_interpolates_between_grid_points_and_times_real_shapes(demo, cloc
     assert pieces == pytest.approx(clock({"m": stand_in}, (16, 8, 8))["m"][0].median_ms - 0.05)
 
 
-def test_prediction_is_the_faster_memory_formats(demo, monkeypatch):
+def test_a_format_joins_the_prediction_when_a_compressed_model_runs_faster_in_it(demo, monkeypatch):
     """The whole model is faster in channels-last, but a narrow conv is slow there (as oneDNN's are on
-    this CPU): a plan making a conv narrow is predicted in the format it is faster in, contiguous."""
+    this CPU): plans are predicted (and layers timed) in channels-last only, until a compressed model
+    timed whole runs faster in contiguous; then contiguous joins, and the narrow plan is predicted
+    there, where the narrow conv saves its FLOPs' time."""
     def clock(models, input_shape, batch_sizes=(1,), device="cpu", channels_last=None, **kw):
         out = Clock()(models, input_shape, batch_sizes, device)
         for name, model in models.items():
@@ -117,13 +119,17 @@ def test_prediction_is_the_faster_memory_formats(demo, monkeypatch):
         return out
     monkeypatch.setattr(layer_times, "compare_latency", clock)
     table = layer_times.LatencyTable(demo.model, INPUT)
-    assert table.channels_last() is True and table.formats == (False, True)
+    assert table.channels_last() is True and table.formats == (False, True) and table.predicting() == [True]
     name = "layer2.0.conv1"
-    narrow = {last: table.layer_ms(name, cout=2, last=last) for last in table.formats}
-    assert narrow[True] > 5.0 > narrow[False]
+    narrow = lambda last: {name: table.layer_ms(name, cout=2, last=last)}  # noqa: E731
     assert table.predicted_ms(lambda last: {}) == table.model_ms()
-    predicted = table.predicted_ms(lambda last: {name: table.layer_ms(name, cout=2, last=last)})
-    assert predicted < table.model_ms() - 0.1  # contiguous: the narrow conv saves its FLOPs' time there
+    assert table.predicted_ms(narrow) > table.model_ms() + 4 and not table._points[False]  # contiguous never timed
+    full, layers = table._layers(narrow(False), False)
+    pruned = {False: table.model_ms(False) * (1 - 0.5 * (1 - layers / full)),           # timed whole
+              True: table.model_ms(True) + 5.0}
+    table.calibrate(narrow, {last: ms / table.model_ms(last) for last, ms in pruned.items()})
+    assert table.predicting() == [False, True]
+    assert table.predicted_ms(narrow) == pytest.approx(pruned[False])
 
 
 def test_calibration_fits_the_share_of_the_model_time_that_scales_with_the_layers(demo, clock):
@@ -137,14 +143,14 @@ def test_calibration_fits_the_share_of_the_model_time_that_scales_with_the_layer
     model = table.model_ms(False)
     full, layers = table._layers(changed[False], False)
     assert model - full == pytest.approx(0.05)
-    assert table.predicted_ms(lambda last: changed[last]) == pytest.approx(model - full + layers)  # outside stays
+    assert table.predicted_ms(changed.get) == pytest.approx(model - full + layers)  # outside stays
     fraction = 1 - 0.5 * (1 - layers / full)    # measured whole: half the model's time scales with the layers
-    table.calibrate(changed, {False: fraction, True: 2.0})
-    assert table.weight == {False: pytest.approx(0.5), True: 0.0}
-    assert table.predicted_ms(lambda last: changed[last]) == pytest.approx(fraction * model)
-    table.calibrate(changed, {False: 2.0, True: 2.0})                       # slower than whole: clipped
-    assert table.weight == {False: 0.0, True: 0.0}
-    assert table.predicted_ms(lambda last: changed[last]) == pytest.approx(min(table._model.values()))
+    table.calibrate(changed.get, {False: fraction, True: 2.0})
+    assert table.predicting() == [False] and table.weight == {False: pytest.approx(0.5)}
+    assert table.predicted_ms(changed.get) == pytest.approx(fraction * model)
+    table.calibrate(changed.get, {False: 2.0, True: 2.0})                   # slower than whole: clipped
+    assert table.weight == {False: 0.0}
+    assert table.predicted_ms(changed.get) == pytest.approx(model)
 
 
 def test_a_latency_budget_fits_the_table_to_the_plan_it_found_and_refits_far_from_it(demo, clock):
