@@ -77,6 +77,29 @@ def test_a_memory_format_can_be_fixed_and_the_table_uses_the_models(monkeypatch)
     assert seen == [False, True, table.channels_last()] and isinstance(table.channels_last(), bool)
 
 
+def test_one_slow_block_does_not_pick_the_slower_memory_format(monkeypatch):
+    """The format a model is timed in is the faster by the best of several alternating blocks: a
+    busy moment during channels-last's first block (5 ms against its usual 1 ms) does not send the
+    model to contiguous (2 ms)."""
+    from types import SimpleNamespace
+
+    from torch.utils import benchmark
+
+    class Scripted:
+        def __init__(self, stmt, globals, num_threads):
+            self.last = not globals["x"].is_contiguous()
+            self.calls = 0
+
+        def timeit(self, number):
+            self.calls += 1   # 1: warm-up, 2: the per-call estimate, 3 on: blocks
+            return SimpleNamespace(median=(5.0 if self.calls == 3 else 1.0) if self.last else 2.0)
+
+    monkeypatch.setattr(benchmark, "Timer", Scripted)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3))
+    lat = compare_latency({"m": model}, (2, 8, 8), (1,), repeats=3)["m"][0]
+    assert lat.channels_last is True and lat.median_ms == 1000.0
+
+
 def test_spread_warning_names_what_is_untrustworthy():
     steady = Latency(10.0, 9.9, 15, 1, "cpu", iqr_ms=0.5)
     shaky = Latency(10.0, 6.0, 15, 64, "cpu", iqr_ms=3.0)
