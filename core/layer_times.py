@@ -382,7 +382,8 @@ def time_prune_plan(planner, plan) -> None:
 
 def calibrate_prune(planner, plan) -> None:
     """Fit the planner's latency table (`LatencyTable.calibrate`) to `plan` pruned and timed whole,
-    interleaved with the original in each memory format, at the planner's `timing`. The original's
+    interleaved with the original in each memory format, at the planner's `timing`, unless a spread
+    there is too wide to trust (`Latency.noisy`): then the table stays as it was. The original's
     times there become the table's whole-model times if it had none."""
     from core.prune.surgery import apply_pruning
 
@@ -394,7 +395,8 @@ def calibrate_prune(planner, plan) -> None:
                 for last in table.formats}
     table.adopt_model_times({last: m["original"][0].median_ms for last, m in measured.items()})
     fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
-    table.calibrate(_after(planner, plan), fractions)
+    if not any(lat[0].noisy for m in measured.values() for lat in m.values()):  # else the fit would be noise
+        table.calibrate(_after(planner, plan), fractions)
     table.anchor = (plan, fractions)
 
 

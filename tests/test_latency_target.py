@@ -166,6 +166,21 @@ def test_a_latency_budget_fits_the_table_to_the_plan_it_found_and_refits_far_fro
     assert table.anchor[0].layers == planner.plan(solved).layers
 
 
+def test_a_whole_model_timing_too_noisy_to_trust_fits_nothing(demo, monkeypatch):
+    """A pruned model timed whole with a spread above MAX_SPREAD leaves the table as it was."""
+    def noisy(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
+        out = Clock()(models, input_shape, batch_sizes, device)
+        if len(models) > 1:   # the original and the pruned model, timed whole
+            out = {name: [Latency(lat.median_ms, lat.min_ms, 1, lat.batch, lat.device, iqr_ms=0.5 * lat.median_ms)
+                          for lat in lats] for name, lats in out.items()}
+        return out
+    monkeypatch.setattr(layer_times, "compare_latency", noisy)
+    planner = Planner(demo.model, demo.arch, INPUT)
+    layer_times.calibrate_prune(planner, planner.plan(PruneSection(strategy="P4", percent=0.5)))
+    table = layer_times.table_for(planner, planner.model, planner.input_shape)
+    assert table.anchor is not None and table.weight == {} and table.predicting() == [table.channels_last()]
+
+
 def test_prune_plan_times_each_layer_and_marks_the_slower(demo, monkeypatch):
     planner = Planner(demo.model, demo.arch, INPUT)
     plan = planner.plan(PruneSection(strategy="P4", percent=0.5))
