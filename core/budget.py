@@ -134,8 +134,9 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole
         try:
             value = solve()
-        except WorkbenchError:
-            if not refit_prune(planner, planner.plan(make(low if increasing else high))):
+        except WorkbenchError:  # the table says out of reach: fit it to the most compressing plan timed
+            # whole, even through a noisy timing, as that plan measured within the target proves it reachable
+            if not refit_prune(planner, planner.plan(make(low if increasing else high)), noisy_too=True):
                 raise
             value = solve()
         else:

@@ -380,11 +380,11 @@ def time_prune_plan(planner, plan) -> None:
     plan.timing = planner.timing
 
 
-def calibrate_prune(planner, plan) -> None:
+def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     """Fit the planner's latency table (`LatencyTable.calibrate`) to `plan` pruned and timed whole,
     interleaved with the original in each memory format, at the planner's `timing`, unless a spread
-    there is too wide to trust (`Latency.noisy`): then the table stays as it was. The original's
-    times there become the table's whole-model times if it had none."""
+    there is too wide to trust (`Latency.noisy`) and not `noisy_too`: then the table stays as it
+    was. The original's times there become the table's whole-model times if it had none."""
     from core.prune.surgery import apply_pruning
 
     table = table_for(planner, planner.model, planner.input_shape)
@@ -395,19 +395,19 @@ def calibrate_prune(planner, plan) -> None:
                 for last in table.formats}
     table.adopt_model_times({last: m["original"][0].median_ms for last, m in measured.items()})
     fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
-    if not any(lat[0].noisy for m in measured.values() for lat in m.values()):  # else the fit would be noise
+    if noisy_too or not any(lat[0].noisy for m in measured.values() for lat in m.values()):
         table.calibrate(_after(planner, plan), fractions)
     table.anchor = (plan, fractions)
 
 
-def refit_prune(planner, plan) -> bool:
+def refit_prune(planner, plan, noisy_too: bool = False) -> bool:
     """Calibrate the planner's table on `plan` (`calibrate_prune`) unless it was last fitted to a plan
     predicted within REFIT_NEAR of the model's time of this one; whether it did."""
     table = table_for(planner, planner.model, planner.input_shape)
     if table.anchor is not None and abs(prune_latency(planner, plan) - prune_latency(planner, table.anchor[0])) \
             <= REFIT_NEAR * table.model_ms():
         return False
-    calibrate_prune(planner, plan)
+    calibrate_prune(planner, plan, noisy_too)
     return True
 
 
