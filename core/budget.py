@@ -38,6 +38,14 @@ class Solved:
                 "achieved": self.achieved}
 
 
+class OutOfReach(WorkbenchError):
+    """A target no knob value meets; `best` is the knob value that came nearest."""
+
+    def __init__(self, message: str, best: float):
+        super().__init__(message)
+        self.best = best
+
+
 def _metric(target: TargetSection) -> tuple[str, float]:
     return next((k, v) for k in ("flops", "params", "latency") if (v := getattr(target, k)) is not None)
 
@@ -72,12 +80,12 @@ def _bracket(cost: Callable[[float], float], low: float, high: float, goal: floa
         fitting = next((v for v in tried if fits(v)), None)
         if fitting is None:
             best = min([ok, *tried], key=cost)
-            raise WorkbenchError(f"target: the fastest plan found (at {best:g}) keeps {cost(best):.4f} of the "
-                                 f"baseline, above the {goal} asked for: compress more layers or raise the target")
+            raise OutOfReach(f"target: the fastest plan found (at {best:g}) keeps {cost(best):.4f} of the "
+                             f"baseline, above the {goal} asked for: compress more layers or raise the target", best)
         ok = fitting
     if not fits(ok):
-        raise WorkbenchError(f"target: even at {ok:g} the plan keeps {cost(ok):.4f} of the baseline, above the "
-                             f"{goal} asked for: compress more layers or raise the target")
+        raise OutOfReach(f"target: even at {ok:g} the plan keeps {cost(ok):.4f} of the baseline, above the "
+                         f"{goal} asked for: compress more layers or raise the target", ok)
     if fits(bad):
         return bad, None
     for _ in range(STEPS):
@@ -134,9 +142,9 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole
         try:
             value = solve()
-        except WorkbenchError:  # the table says out of reach: fit it to the most compressing plan timed
-            # whole, even through a noisy timing, as that plan measured within the target proves it reachable
-            if not refit_prune(planner, planner.plan(make(low if increasing else high)), noisy_too=True):
+        except OutOfReach as out:  # fit the table to the plan it found fastest, timed whole, even through
+            # a noisy timing: that plan measured within the target proves the target reachable
+            if not refit_prune(planner, planner.plan(make(out.best)), noisy_too=True):
                 raise
             value = solve()
         else:

@@ -93,5 +93,6 @@ def test_a_cost_that_rises_again_at_the_compressing_end_is_scanned():
         _bisect(cost, 0.0, 1.0, 0.7, increasing=False)
     value = _bisect(cost, 0.0, 1.0, 0.7, increasing=False, scan=9)   # 0.4 is the first of 0.1 .. 0.9 that fits
     assert value == pytest.approx(0.4) and cost(value) == pytest.approx(0.7)
-    with pytest.raises(WorkbenchError, match=r"target: the fastest plan found \(at 0.6\) keeps 0.5000 .* 0.4 asked"):
+    with pytest.raises(WorkbenchError, match=r"target: the fastest plan found \(at 0.6\) keeps 0.5000 .* 0.4 asked") as out:
         _bisect(cost, 0.0, 1.0, 0.4, increasing=False, scan=9)
+    assert out.value.best == pytest.approx(0.6)   # where a latency budget times a plan whole before giving up
