@@ -24,7 +24,7 @@ from torch import nn
 from core.measure import compare_latency
 
 REPEATS = 7        # interleaved rounds per layer
-TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times ~130 points)
+TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times dozens)
 BLOCK_S = 0.005    # each timed block runs at least this long
 MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
 TABLE_BLOCK_S = 0.002  # a table point's blocks
@@ -229,11 +229,6 @@ class LatencyTable:
                            for last in self.formats}
         return self._model
 
-    def adopt_model_times(self, times: dict[bool, float]) -> None:
-        """Take the whole model's times (ms per format) measured elsewhere, unless measured already."""
-        if self._model is None:
-            self._model = dict(times)
-
     def model_ms(self, last: bool | None = None) -> float:
         """The whole model's forward time (ms) in format `last` (None: its faster one)."""
         times = self._model_times()
@@ -384,7 +379,7 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     """Fit the planner's latency table (`LatencyTable.calibrate`) to `plan` pruned and timed whole,
     interleaved with the original in each memory format, at the planner's `timing`, unless a spread
     there is too wide to trust (`Latency.noisy`) and not `noisy_too`: then the table stays as it
-    was. The original's times there become the table's whole-model times if it had none."""
+    was."""
     from core.prune.surgery import apply_pruning
 
     table = table_for(planner, planner.model, planner.input_shape)
@@ -393,7 +388,6 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     measured = {last: compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
                                       device, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
                 for last in table.formats}
-    table.adopt_model_times({last: m["original"][0].median_ms for last, m in measured.items()})
     fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
     if noisy_too or not any(lat[0].noisy for m in measured.values() for lat in m.values()):
         table.calibrate(_after(planner, plan), fractions)

@@ -128,8 +128,7 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
     their ratios hold. Each model runs in the memory format (contiguous or channels-last) whose best
     of FORMAT_BLOCKS alternating blocks was faster (one block each once picked contiguous for a
     pruned ResNet-56 that ran 1.9x faster in channels-last); `channels_last` True or False: only
-    that one. Median, minimum and
-    interquartile range are over the rounds."""
+    that one. Median, minimum and interquartile range are over the rounds."""
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)  # its CUDA_HOME note on CPU machines
     from torch.utils import benchmark
 
