@@ -110,6 +110,15 @@ def _formats(model: nn.Module, input_shape: tuple[int, ...], channels_last: bool
     return variants
 
 
+def _per_call(timer, number: int) -> float:
+    """Seconds per call over one block of `number` calls, after one untimed call: the first call
+    after another model runs cold (a ResNet-56 mostly of 1-channel convs timed 0.98 of the original
+    so, 0.63-0.68 warmed); `Timer.timeit` would warm with max(number // 100, 2) calls, tripling the
+    cost of a whole model's one-call blocks."""
+    timer._timeit(1)
+    return timer._timeit(number) / number
+
+
 def _quantile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     pos = q * (len(ordered) - 1)
@@ -133,7 +142,6 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
     from torch.utils import benchmark
 
     device = torch.device(device)
-    threads = torch.get_num_threads()  # the Timer's default is one thread, whatever --threads says
     homes = {name: (next((p.device for p in m.parameters()), None), m.training) for name, m in models.items()}
     results: dict[str, list[Latency]] = {name: [] for name in models}
     for batch in batch_sizes:
@@ -146,19 +154,19 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                 fmt = torch.channels_last if last else torch.contiguous_format
                 x = torch.randn(batch, *input_shape, device=device).contiguous(memory_format=fmt) \
                     if len(input_shape) == 3 else torch.randn(batch, *input_shape, device=device)
-                timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x}, num_threads=threads)
-                timer.timeit(warmup)
-                number = max(1, int(block_s / max(timer.timeit(1).median, 1e-9)))
+                timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x})
+                timer._timeit(warmup)
+                number = max(1, int(block_s / _per_call(timer, 1)))
                 candidates.append([float("inf"), last, timer, number])
             if len(candidates) > 1:  # the faster format: the best of FORMAT_BLOCKS alternating blocks each
                 for _ in range(FORMAT_BLOCKS):
                     for candidate in candidates:
-                        candidate[0] = min(candidate[0], candidate[2].timeit(candidate[3]).median)
+                        candidate[0] = min(candidate[0], _per_call(candidate[2], candidate[3]))
             timers[name] = tuple(min(candidates, key=lambda c: c[0])[1:])
         times: dict[str, list[float]] = {name: [] for name in models}
         for _ in range(repeats):
             for name, (_, timer, number) in timers.items():
-                times[name].append(timer.timeit(number).median * 1e3)
+                times[name].append(_per_call(timer, number) * 1e3)
         for name, (last, _, _) in timers.items():
             t = times[name]
             results[name].append(Latency(statistics.median(t), min(t), repeats, batch, str(device),
