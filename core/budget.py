@@ -100,7 +100,7 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     `baseline` (params, FLOPs), by default the planner's own network; latency: of its measured time)."""
     metric, goal = _metric(target)
     if metric == "latency":
-        from core.layer_times import prune_latency, refit_prune, table_for
+        from core.layer_times import measured_fraction, prune_latency, refit_prune, table_for
 
         table = table_for(planner, planner.model, planner.input_shape)  # times the model when first asked
 
@@ -146,7 +146,12 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
             # a noisy timing: that plan measured within the target proves the target reachable
             if not refit_prune(planner, planner.plan(make(out.best)), noisy_too=True):
                 raise
-            value = solve()
+            try:
+                value = solve()
+            except OutOfReach:
+                raise OutOfReach(f"target: the fastest plan found ({knob} = {out.best:.4g}), pruned and timed whole, "
+                                 f"runs at {measured_fraction(table):.4f} of the original's time, above the {goal} "
+                                 "asked for: compress more layers or raise the target", out.best) from None
         else:
             if refit_prune(planner, planner.plan(make(value))):
                 value = solve()

@@ -394,6 +394,13 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     table.anchor = (plan, fractions)
 
 
+def measured_fraction(table: LatencyTable) -> float:
+    """The plan the table was last fitted to, timed whole, as a fraction of the model's time (each
+    in its faster memory format)."""
+    _, fractions = table.anchor
+    return min(f * table.model_ms(last) for last, f in fractions.items()) / table.model_ms()
+
+
 def refit_prune(planner, plan, noisy_too: bool = False) -> bool:
     """Calibrate the planner's table on `plan` (`calibrate_prune`) unless it was last fitted to a plan
     predicted within REFIT_NEAR of the model's time of this one; whether it did."""

@@ -199,6 +199,23 @@ def test_a_target_the_table_refuses_is_retried_on_its_fastest_plan_timed_whole(d
     assert table.weight == {table.channels_last(): 1.0} and abs(solved.achieved - 0.08) < 0.01
 
 
+def test_a_target_out_of_reach_when_timed_whole_is_refused_with_the_measured_time(demo, monkeypatch):
+    """When the fastest plan the table found, pruned and timed whole, still runs above the target,
+    the refusal gives that measured figure (not the refitted table's), so a user knows how far off
+    the target is on this machine."""
+    def slow_whole(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
+        out = Clock()(models, input_shape, batch_sizes, device)
+        if "pruned" in models:
+            out["pruned"] = [Latency(lat.median_ms * 0.9, lat.min_ms * 0.9, 1, lat.batch, lat.device)
+                             for lat in out["original"]]
+        return out
+    monkeypatch.setattr(layer_times, "compare_latency", slow_whole)
+    planner = Planner(demo.model, demo.arch, INPUT)
+    with pytest.raises(WorkbenchError, match=r"the fastest plan found \(percent = [0-9.]+\), pruned and timed whole, "
+                                             r"runs at 0\.9000 of the original's time, above the 0\.08 asked for"):
+        solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.08))
+
+
 def test_prune_plan_times_each_layer_and_marks_the_slower(demo, monkeypatch):
     planner = Planner(demo.model, demo.arch, INPUT)
     plan = planner.plan(PruneSection(strategy="P4", percent=0.5))
