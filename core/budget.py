@@ -31,11 +31,12 @@ class Solved:
     value: float
     metric: str        # "flops", "params" or "latency"
     target: float      # fraction of the baseline asked for
-    achieved: float    # fraction the plan reaches
+    achieved: float    # fraction the plan reaches (latency: predicted on the per-layer table, unless `timed`)
+    timed: bool = False  # latency: `achieved` was measured, the plan pruned and timed whole
 
     def as_dict(self) -> dict:
         return {"knob": self.knob, "value": self.value, "metric": self.metric, "target": self.target,
-                "achieved": self.achieved}
+                "achieved": self.achieved, "timed": self.timed}
 
 
 class OutOfReach(WorkbenchError):
@@ -149,9 +150,13 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
             try:
                 value = solve()
             except OutOfReach:
-                raise OutOfReach(f"target: the fastest plan found ({knob} = {out.best:.4g}), pruned and timed whole, "
-                                 f"runs at {measured_fraction(table):.4f} of the original's time, above the {goal} "
-                                 "asked for: compress more layers or raise the target", out.best) from None
+                measured = measured_fraction(table)
+                if measured > goal:
+                    raise OutOfReach(f"target: the fastest plan found ({knob} = {out.best:.4g}), pruned and timed "
+                                     f"whole, runs at {measured:.4f} of the original's time, above the {goal} asked "
+                                     "for: compress more layers or raise the target", out.best) from None
+                # measured within the target, where the fitted table (w at most 1) cannot predict it: take it
+                return make(out.best), Solved(knob, out.best, metric, goal, measured, timed=True)
         else:
             if refit_prune(planner, planner.plan(make(value))):
                 value = solve()

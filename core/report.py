@@ -89,7 +89,8 @@ def markdown(report: dict) -> str:
         t = report["target"]
         notes.append(f"- [target] {t['metric']} = {t['target']} of the baseline: solved {t['knob']} = "
                      f"{t['value']:.6g}, achieved {t['achieved']:.4f}"
-                     + (" (predicted from the per-layer times)" if t["metric"] == "latency" else "")
+                     + ((" (the plan pruned and timed whole)" if t.get("timed") else
+                         " (predicted from the per-layer times)") if t["metric"] == "latency" else "")
                      + (f", measured {t['measured']:.4f}" if t.get("measured") is not None else ""))
     notes += slower_notes(steps)
     if report.get("latency_warning"):
