@@ -8,7 +8,7 @@ from __future__ import annotations
 from textual.widgets import DataTable
 
 from core import layer_times
-from core.budget import solve_prune
+from core.budget import solve_decompose, solve_prune
 from core.models.checkpoint import load_model
 from core.overview import Target
 from core.prune.plan import Planner
@@ -16,6 +16,7 @@ from core.session import MeasureSection, PruneSection, TargetSection, load_sessi
 from tests.test_latency_target import Clock
 from tests.tui import drive, settle, text_of
 from workbench.app import Workbench
+from workbench.screens import decompose as decompose_screen
 
 
 def test_prune_target_solves_the_knob_and_round_trips(tmp_path, monkeypatch):
@@ -64,6 +65,12 @@ def test_decompose_skip_slower_and_latency_target_on_the_measure_device(tmp_path
     monkeypatch.setattr(layer_times, "compare_latency", Clock())
     session_file = tmp_path / "s.toml"
     app = Workbench(Target.demo(), latency=False, session_path=session_file)
+    shown_while_solving = []
+
+    def solving(*args, **kwargs):  # what the solved line says while the solve times the layers
+        shown_while_solving.append(text_of(app, "#target-solved"))
+        return solve_decompose(*args, **kwargs)
+    monkeypatch.setattr(decompose_screen, "solve_decompose", solving)
 
     async def script(pilot):
         # the Model screen: latency at batch sizes 2 and 8 on the CPU
@@ -94,6 +101,7 @@ def test_decompose_skip_slower_and_latency_target_on_the_measure_device(tmp_path
         assert app.state.budget == TargetSection(latency=0.8)
         solved = text_of(app, "#target-solved")
         assert solved.startswith("x = ") and "(cpu, batch 2)" in solved
+        assert shown_while_solving[-1] == "solving: timing layers and the model (cpu, batch 2) …"
         assert app.screen.decomposer.timing == ("cpu", 2)
         await pilot.press("ctrl+s")
         await pilot.pause()

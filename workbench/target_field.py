@@ -50,6 +50,15 @@ def metric_of(budget: TargetSection | None) -> tuple[str, str]:
     return "none", ""
 
 
+def solving_text(budget: TargetSection | None, timing: tuple[str, int]) -> str:
+    """The line shown while a latency target is solved: its first solve times the layers and the
+    model at the device and batch size (seconds; tens on a large model on a CPU). Empty for the
+    other metrics, solved in milliseconds."""
+    if budget is None or budget.latency is None:
+        return ""
+    return f"[dim]solving: timing layers and the model ({timing[0]}, batch {timing[1]}) …[/]"
+
+
 def solved_text(solved: Solved | None, timing: tuple[str, int]) -> str:
     """`coef = 1.23 → 0.498`: the solved knob and the fraction of the baseline it reaches (latency:
     predicted at the device and batch size, or measured there with the plan timed whole)."""

@@ -202,6 +202,8 @@ class DecomposeScreen(PlanScreen):
         self.decomposer.timing = self.timing()
         try:
             if self.budget is not None:
+                if note := target_field.solving_text(self.budget, self.decomposer.timing):
+                    self.app.call_from_thread(self.query_one("#target-solved", Static).update, note)
                 settings, solved = solve_decompose(self.decomposer, settings, self.budget,
                                                    (base.costs.params, base.costs.flops), base.opened.model)
             plan = self.decomposer.plan(settings)

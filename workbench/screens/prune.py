@@ -235,6 +235,8 @@ class PruneScreen(PlanScreen):
         self.planner.timing = self.timing()
         try:
             if solving:
+                if note := target_field.solving_text(self.budget, self.planner.timing):
+                    self.app.call_from_thread(self.query_one("#target-solved", Static).update, note)
                 settings, solved = solve_prune(self.planner, settings, self.budget)
             plan = self.planner.plan(settings)
             if self.timed:
