@@ -21,6 +21,7 @@ from core.session import DecomposeSection, LayerRanks, PruneSection, TargetSecti
 
 STEPS = 40          # bisection steps: the knob to ~1e-12 of its range, far below a filter or a rank
 SCAN = 9            # latency: knob values tried when the most compressing end is not the fastest
+REFITS = 3          # latency: at most this many fits of the table to a solved plan timed whole
 X_RANGE = (1.0 + 1e-6, 1e4)
 COEF_RANGE = (1e-3, 1e4)
 
@@ -157,8 +158,10 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
                                      "for: compress more layers or raise the target", out.best) from None
                 # measured within the target, where the fitted table (w at most 1) cannot predict it: take it
                 return make(out.best), Solved(knob, out.best, metric, goal, measured, timed=True)
-        else:
-            if refit_prune(planner, planner.plan(make(value))):
+        else:  # fitted again while the solve moves away from the plan the table was fitted to
+            for _ in range(REFITS):
+                if not refit_prune(planner, planner.plan(make(value))):
+                    break
                 value = solve()
     solved = make(value)
     return solved, Solved(knob, value, metric, goal, fraction(solved))

@@ -29,7 +29,7 @@ BLOCK_S = 0.005    # each timed block runs at least this long
 MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
 TABLE_BLOCK_S = 0.002  # a table point's blocks
 WHOLE_BLOCK_S = 0.01   # the blocks of whole models timed for the table (model times, calibration)
-REFIT_NEAR = 0.1      # a latency budget refits the table unless its plan is this near the last fitted one
+REFIT_NEAR = 0.05     # a latency budget refits the table unless its plan is this near the last fitted one
 
 
 def input_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
