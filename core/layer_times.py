@@ -27,6 +27,7 @@ REPEATS = 7        # interleaved rounds per layer
 TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times dozens)
 BLOCK_S = 0.005    # each timed block runs at least this long
 MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
+FORMAT_NEAR = 1.25  # ... in each memory format the whole model's time is within this factor of its fastest in
 TABLE_BLOCK_S = 0.002  # a table point's blocks
 WHOLE_BLOCK_S = 0.01   # the blocks of whole models timed for the table (model times, calibration)
 REFIT_NEAR = 0.05     # a latency budget refits the table unless its plan is this near the last fitted one
@@ -68,8 +69,8 @@ def stand_in(module: nn.Module, method: str, ranks: tuple[int, ...]) -> nn.Modul
 
 class LayerTimer:
     """Before/after times of planned layers of one model, at one device and batch size, cached;
-    both forms in the memory format the whole model runs in (`channels_last`; None: each form in
-    the format it is faster in)."""
+    both forms in one memory format: the one asked for, by default `channels_last` (None: each
+    form in the format it is faster in)."""
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1,
                  channels_last: bool | None = None):
@@ -77,28 +78,36 @@ class LayerTimer:
         self.shapes = input_shapes(model, input_shape)
         self._cache: dict[tuple, tuple[float, float]] = {}
 
-    def times(self, name: str, method: str, ranks: tuple[int, ...]) -> tuple[float, float]:
-        """(before, after) in ms of layer `name` decomposed by `method` at `ranks`."""
-        key = (name, method, tuple(ranks))
+    def times(self, name: str, method: str, ranks: tuple[int, ...], last: bool | None = None) -> tuple[float, float]:
+        """(before, after) in ms of layer `name` decomposed by `method` at `ranks`, in format `last`
+        (None: the timer's)."""
+        last = self.channels_last if last is None else last
+        key = (name, method, tuple(ranks), last)
         if key not in self._cache:
             module = self.model.get_submodule(name)
             after = stand_in(module, method, ranks).to(next(module.parameters()).device)
             measured = compare_latency({"before": module, "after": after}, self.shapes[name], (self.batch,),
-                                       self.device, repeats=REPEATS, block_s=BLOCK_S, channels_last=self.channels_last)
+                                       self.device, repeats=REPEATS, block_s=BLOCK_S, channels_last=last)
             self._cache[key] = (measured["before"][0].median_ms, measured["after"][0].median_ms)
         return self._cache[key]
 
 
-def time_decomposed(decomposer, layers: list) -> None:
-    """Fill `time_ms` (before, after) of every planned, not skipped layer at the decomposer's
-    `timing` (device, batch size), in the memory format the whole model is faster in there (a layer
-    faster alone in the other format would not be faster inside the model)."""
+def _layer_timer(decomposer) -> LayerTimer:
+    """The decomposer's layer timer at its `timing`, in the memory format the whole model is faster
+    in there (a layer faster alone in the other format would not be faster inside the model)."""
     device, batch = decomposer.timing
     timer = getattr(decomposer, "_layer_timer", None)
     if timer is None or (timer.device, timer.batch) != (device, batch):
         table = table_for(decomposer, decomposer.model, decomposer.input_shape)
         timer = decomposer._layer_timer = LayerTimer(decomposer.model, decomposer.input_shape, device, batch,
                                                      table.channels_last())
+    return timer
+
+
+def time_decomposed(decomposer, layers: list) -> None:
+    """Fill `time_ms` (before, after) of every planned, not skipped layer at the decomposer's
+    `timing` (device, batch size), in the memory format the whole model is faster in there."""
+    timer = _layer_timer(decomposer)
     for layer in layers:
         if layer.skipped is None:
             layer.time_ms = timer.times(layer.name, layer.method, layer.ranks)
@@ -113,17 +122,31 @@ def pays_off(before: float, after: float) -> bool:
 
 def skip_slower(decomposer, layers: list) -> None:
     """Fill `time_ms` of every planned layer and leave whole (skipped, costs unchanged) each one
-    whose decomposed form does not pay off (`pays_off`), at the decomposer's `timing` (device,
-    batch size)."""
+    whose decomposed form does not pay off (`pays_off`) at the decomposer's `timing` (device, batch
+    size), in the whole model's faster memory format, and also in the other one when the model's
+    time there is within FORMAT_NEAR of it: which format a model runs faster in can then flip with
+    the machine's noise (ResNet-56 at batch 1 on a 2-core CPU: 0.97-1.53x apart), and 12 of its
+    convs whose forms paid off alone in contiguous format, none of them in channels-last, made the
+    model 0.74x as fast."""
     device, batch = decomposer.timing
     time_decomposed(decomposer, layers)
+    timer = _layer_timer(decomposer)
+    table = table_for(decomposer, decomposer.model, decomposer.input_shape)
+    others = [f for f in table.formats
+              if f != timer.channels_last and table.model_ms(f) <= FORMAT_NEAR * table.model_ms(timer.channels_last)]
     for layer in layers:
         if layer.skipped is not None:
             continue
+        where = ""
         before, after = layer.time_ms
+        for last in others:
+            if not pays_off(before, after):
+                break
+            before, after = timer.times(layer.name, layer.method, layer.ranks, last)
+            where = f" in {'channels-last' if last else 'contiguous'} format"
         if not pays_off(before, after):
             why = "not faster" if after >= before else f"under {MIN_GAIN:.0%} faster"
-            layer.skipped = f"{why}: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})"
+            layer.skipped = f"{why}{where}: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})"
             layer.params, layer.flops = (layer.params[0],) * 2, (layer.flops[0],) * 2
 
 
