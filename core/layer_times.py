@@ -125,9 +125,9 @@ def skip_slower(decomposer, layers: list) -> None:
     whose decomposed form does not pay off (`pays_off`) at the decomposer's `timing` (device, batch
     size), in the whole model's faster memory format, and also in the other one when the model's
     time there is within FORMAT_NEAR of it: which format a model runs faster in can then flip with
-    the machine's noise (ResNet-56 at batch 1 on a 2-core CPU: 0.97-1.53x apart), and 12 of its
-    convs whose forms paid off alone in contiguous format, none of them in channels-last, made the
-    model 0.74x as fast."""
+    the machine's noise (ResNet-56 at batch 1 on a 2-core CPU: 0.97-1.53x apart; 12 of its convs
+    paid off alone in contiguous format, none in channels-last, and a run that decomposed 21 made
+    the model 0.74x as fast)."""
     device, batch = decomposer.timing
     time_decomposed(decomposer, layers)
     timer = _layer_timer(decomposer)
