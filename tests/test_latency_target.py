@@ -228,17 +228,23 @@ def test_a_target_the_table_refuses_is_retried_on_its_fastest_plan_timed_whole(d
     assert table.weight == {table.channels_last(): 1.0} and abs(solved.achieved - 0.08) < 0.01
 
 
+def pruned_whole_at(fraction: float):
+    """compare_latency's stand-in (the Clock) that times any pruned model whole at `fraction` of the
+    original's time."""
+    def timed(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
+        out = Clock()(models, input_shape, batch_sizes, device)
+        if "pruned" in models:
+            out["pruned"] = [Latency(lat.median_ms * fraction, lat.min_ms * fraction, 1, lat.batch, lat.device)
+                             for lat in out["original"]]
+        return out
+    return timed
+
+
 def test_a_target_out_of_reach_when_timed_whole_is_refused_with_the_measured_time(demo, monkeypatch):
     """When the fastest plan the table found, pruned and timed whole, still runs above the target,
     the refusal gives that measured figure (not the refitted table's), so a user knows how far off
     the target is on this machine."""
-    def slow_whole(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
-        out = Clock()(models, input_shape, batch_sizes, device)
-        if "pruned" in models:
-            out["pruned"] = [Latency(lat.median_ms * 0.9, lat.min_ms * 0.9, 1, lat.batch, lat.device)
-                             for lat in out["original"]]
-        return out
-    monkeypatch.setattr(layer_times, "compare_latency", slow_whole)
+    monkeypatch.setattr(layer_times, "compare_latency", pruned_whole_at(0.9))
     planner = Planner(demo.model, demo.arch, INPUT)
     with pytest.raises(WorkbenchError, match=r"the fastest plan found \(percent = [0-9.]+\), pruned and timed whole, "
                                              r"runs at 0\.9000 of the original's time, above the 0\.08 asked for"):
@@ -249,13 +255,7 @@ def test_a_plan_measured_within_the_target_is_taken_where_the_fitted_table_canno
     """The fastest plan's layers, on the table, sum to 0.078 of the full layers', so even fitted (w
     at most 1) the table predicts no plan under 0.07; timed whole, that plan runs at 0.06 of the
     original: the budget takes it and says its figure was measured, in the report and the TUI."""
-    def fast_whole(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
-        out = Clock()(models, input_shape, batch_sizes, device)
-        if "pruned" in models:
-            out["pruned"] = [Latency(lat.median_ms * 0.06, lat.min_ms * 0.06, 1, lat.batch, lat.device)
-                             for lat in out["original"]]
-        return out
-    monkeypatch.setattr(layer_times, "compare_latency", fast_whole)
+    monkeypatch.setattr(layer_times, "compare_latency", pruned_whole_at(0.06))
     planner = Planner(demo.model, demo.arch, INPUT)
     settings, solved = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.07))
     assert solved.timed and solved.achieved == pytest.approx(0.06) and settings.percent == solved.value > 0.99
