@@ -291,7 +291,9 @@ def test_replay_reports_the_latency_target_and_per_layer_times(tmp_path, clock):
     session = tmp_path / "s.toml"
     session.write_text((SESSIONS / "demo-p4.toml").read_text() + "\n[measure]\nbatch_sizes = [2]\n"
                        "\n[target]\nlatency = 0.8\n")
-    replay(session, tmp_path / "run")
+    said = []
+    replay(session, tmp_path / "run", progress=said.append)
+    assert "solving the pruning for [target] (timing layers and the whole model: cpu, batch 2)" in said
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     target, pruned = report["target"], report["steps"][1]
     assert (target["metric"], target["knob"]) == ("latency", "percent") and abs(target["achieved"] - 0.8) < 0.03
