@@ -48,6 +48,12 @@ class OutOfReach(WorkbenchError):
         self.best = best
 
 
+def timing_note(target: TargetSection, timing: tuple[str, int]) -> str:
+    """What a latency target's solve spends its seconds on, for a progress line ("" for the other
+    metrics, solved in milliseconds): the first solve times layers and the whole model."""
+    return f"timing layers and the whole model: {timing[0]}, batch {timing[1]}" if target.latency is not None else ""
+
+
 def _metric(target: TargetSection) -> tuple[str, float]:
     return next((k, v) for k in ("flops", "params", "latency") if (v := getattr(target, k)) is not None)
 

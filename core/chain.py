@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from core.budget import Solved, solve_decompose, solve_prune
+from core.budget import Solved, solve_decompose, solve_prune, timing_note
 from core.decompose.plan import DecomposePlan, Decomposer, apply_decomposition
 from core.errors import WorkbenchError
 from core.finetune.segments import resolve_pivots
@@ -69,11 +69,6 @@ def apply(opened: Opened, plan: PrunePlan | DecomposePlan, decomposer: Decompose
     return Opened(Loaded(model, arch, name, []), opened.data, opened.input_shape)
 
 
-def _timing_note(budget, timing: tuple[str, int]) -> str:
-    """What a latency target's solve spends its seconds on, for the progress line."""
-    return f" (timing layers and the whole model: {timing[0]}, batch {timing[1]})" if budget.latency is not None else ""
-
-
 def compress(session: Session, opened: Opened, progress: Progress | None = None,
              dataset: str | None = None) -> Compression:
     """Plan and apply the session's `[prune]` on `opened`, then its `[decompose]` on the result,
@@ -89,7 +84,8 @@ def compress(session: Session, opened: Opened, progress: Progress | None = None,
         if session.measure is not None:  # per-layer times (and a latency budget) where the model will run
             prune_planner.timing = (session.measure.device, session.measure.batch_sizes[0])
         if session.budget is not None and session.decompose is None:  # the budget solves the pruning's knob
-            say("solving the pruning for [target]" + _timing_note(session.budget, prune_planner.timing))
+            note = timing_note(session.budget, prune_planner.timing)
+            say("solving the pruning for [target]" + (f" ({note})" if note else ""))
             p, chain.solved = solve_prune(prune_planner, p, session.budget)
         plan = prune_planner.plan(p)
         if session.measure is not None:
@@ -105,7 +101,8 @@ def compress(session: Session, opened: Opened, progress: Progress | None = None,
             decomposer.timing = (session.measure.device, session.measure.batch_sizes[0])
         settings = session.decompose
         if session.budget is not None:  # the budget (of the network as opened) solves x
-            say("solving x for [target]" + _timing_note(session.budget, decomposer.timing))
+            note = timing_note(session.budget, decomposer.timing)
+            say("solving x for [target]" + (f" ({note})" if note else ""))
             settings, chain.solved = solve_decompose(decomposer, settings, session.budget, (
                 count_params(opened.model), count_flops(opened.model, opened.input_shape)), opened.model)
         plan = decomposer.plan(settings, errors=True)

@@ -101,7 +101,7 @@ def test_decompose_skip_slower_and_latency_target_on_the_measure_device(tmp_path
         assert app.state.budget == TargetSection(latency=0.8)
         solved = text_of(app, "#target-solved")
         assert solved.startswith("x = ") and "(cpu, batch 2)" in solved
-        assert shown_while_solving[-1] == "solving: timing layers and the model (cpu, batch 2) …"
+        assert shown_while_solving[-1] == "solving: timing layers and the whole model: cpu, batch 2 …"
         assert app.screen.decomposer.timing == ("cpu", 2)
         await pilot.press("ctrl+s")
         await pilot.pause()

@@ -4,15 +4,11 @@ budget solved (core/budget.py) beside it."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from pydantic import ValidationError
 
+from core.budget import Solved, timing_note
 from core.errors import WorkbenchError
 from core.session import TargetSection, first_error
-
-if TYPE_CHECKING:  # types only: the screens import without torch
-    from core.budget import Solved
 
 CHOICES = [("no target", "none"), ("FLOPs", "flops"), ("params", "params"), ("latency", "latency")]
 HELP = ("[b]target[/] FLOPs, params or latency as a fraction of the opened model's (0.5): the budget\n"
@@ -51,12 +47,10 @@ def metric_of(budget: TargetSection | None) -> tuple[str, str]:
 
 
 def solving_text(budget: TargetSection | None, timing: tuple[str, int]) -> str:
-    """The line shown while a latency target is solved: its first solve times the layers and the
-    model at the device and batch size (seconds; tens on a large model on a CPU). Empty for the
-    other metrics, solved in milliseconds."""
-    if budget is None or budget.latency is None:
-        return ""
-    return f"[dim]solving: timing layers and the model ({timing[0]}, batch {timing[1]}) …[/]"
+    """The line shown while a latency target is solved (core.budget.timing_note; seconds, tens on a
+    large model on a CPU); empty for the other metrics."""
+    note = timing_note(budget, timing) if budget is not None else ""
+    return f"[dim]solving: {note} …[/]" if note else ""
 
 
 def solved_text(solved: Solved | None, timing: tuple[str, int]) -> str:
