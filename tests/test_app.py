@@ -11,7 +11,7 @@ from core.measure import count_params
 from core.models.checkpoint import load_model
 from core.overview import Target
 from core.stats import network_stats
-from tests.tui import drive
+from tests.tui import drive, opened
 from workbench.app import Workbench
 
 
@@ -80,14 +80,9 @@ def test_unreadable_checkpoint_is_shown_not_raised(tmp_path):
 
 def test_stats_screen_snapshot(snap_compare):
     assert snap_compare(Workbench(Target.demo(), latency=False), terminal_size=(80, 24),
-                        run_before=_settle, press=["down", "down"])
+                        run_before=opened, press=["down", "down"])
 
 
 def test_summary_screen_snapshot(snap_compare):
     assert snap_compare(Workbench(Target.demo(), latency=False), terminal_size=(80, 24),
-                        run_before=_settle, press=["m"])
-
-
-async def _settle(pilot):
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
+                        run_before=opened, press=["m"])

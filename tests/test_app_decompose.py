@@ -8,7 +8,7 @@ from core.decompose.plan import Decomposer
 from core.models.checkpoint import load_model
 from core.overview import Target
 from core.session import DecomposeSection, LayerRanks, load_session
-from tests.tui import drive, settle, text_of
+from tests.tui import drive, opened, settle, text_of
 from workbench.app import Workbench
 
 
@@ -84,7 +84,7 @@ def test_a3_decomposes_the_pruned_model():
 
 def test_decompose_screen_snapshot(snap_compare):
     async def run_before(pilot):
-        await settle(pilot)
+        await opened(pilot)
         await pilot.press("d")
         await settle(pilot)
 

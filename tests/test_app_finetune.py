@@ -23,7 +23,7 @@ from core.finetune.rundir import RunWriter, read_events, read_status
 from core.finetune.settings import FinetuneStage
 from core.overview import Target
 from core.session import load_session
-from tests.tui import drive, settle, text_of, wait_for
+from tests.tui import drive, opened, settle, text_of, wait_for
 from workbench import finetune_process
 from workbench.app import Workbench
 from workbench.cli import main
@@ -374,7 +374,7 @@ def test_finetune_screen_snapshot(snap_compare, tmp_path, monkeypatch):
     last = read_status(done)["heartbeat"]
 
     async def run_before(pilot):
-        await settle(pilot)
+        await opened(pilot)
         await pilot.press("f")
         await settle(pilot)
         frozen(pilot.app, last + 5)

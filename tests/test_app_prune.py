@@ -8,7 +8,7 @@ from core.models.checkpoint import load_model
 from core.overview import Target
 from core.prune.plan import Planner
 from core.session import LayerChoice, PruneSection, load_session
-from tests.tui import drive, settle, text_of
+from tests.tui import drive, opened, settle, text_of
 from workbench.app import Workbench
 
 
@@ -76,7 +76,7 @@ def test_bad_field_value_is_shown_not_raised():
 
 def test_prune_screen_snapshot(snap_compare):
     async def run_before(pilot):
-        await settle(pilot)
+        await opened(pilot)
         await pilot.press("p")
         await settle(pilot)
 

@@ -15,6 +15,15 @@ async def settle(pilot, rounds: int = 4) -> None:
         await pilot.pause()
 
 
+async def opened(pilot, timeout: float = 300) -> None:
+    """Wait until the workbench has opened its target (or failed to) and the UI caught up. The
+    load worker starts after the first refresh, so waiting for workers alone can return before
+    it has started."""
+    app = pilot.app
+    await wait_for(pilot, lambda: app.state.base is not None or app.error is not None, timeout)
+    await settle(pilot)
+
+
 async def wait_for(pilot, condition, timeout: float) -> bool:
     """Let the app run until `condition()` holds (True) or `timeout` seconds passed (its last value):
     for what the app does on its own clock (polls, workers), however slow the machine."""
@@ -36,7 +45,7 @@ def drive(app, script, first_key: str | None = None, size=(80, 24)) -> None:
     that key's screen has settled too), await `script(pilot)`."""
     async def main():
         async with app.run_test(size=size) as pilot:
-            await settle(pilot)
+            await opened(pilot)
             if first_key:
                 await pilot.press(first_key)
                 await settle(pilot)
