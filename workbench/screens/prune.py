@@ -10,15 +10,13 @@ from __future__ import annotations
 from itertools import pairwise
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-from rich.markup import escape
-from textual import work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Input, Label, Select, Static
 
-from core.budget import solve_prune
+from core.budget import Solved, solve_prune
 from core.errors import WorkbenchError
 from core.layer_times import time_prune_plan
 from core.prune.plan import Planner, PrunePlan
@@ -26,9 +24,8 @@ from core.prune.scores import METRICS
 from core.prune.strategies import STRATEGIES, p5_plan
 from core.session import LayerChoice, PruneSection
 from workbench import target_field
-from workbench.format import count, num
-from workbench.messages import SettingsChanged
-from workbench.screens.base import PlanScreen
+from workbench.format import num
+from workbench.screens.plan import PlanScreen
 from workbench.widgets.layer_edit import LayerEditor
 
 if TYPE_CHECKING:  # types only: the screens import without torch
@@ -70,7 +67,9 @@ class PruneScreen(PlanScreen):
         Binding("a", "apply", "Apply", id="prune.apply"),
         Binding("t", "time_layers", "Time", id="prune.time"),
     ]
-    STEP, TOOL = "prune", "planner"
+    STEP, TOOL, SECTION, TOTALS, TABLE = "prune", "planner", PruneSection, "#totals", "#plan"
+    COLUMNS = (("name", "layer"), ("id", "id"), ("ch", "ch"), ("T", "T"), ("ratio", "ratio"), ("keep", "keep"),
+               ("cut", "cut"), ("by", "by"), ("ms", "ms"))
     HELP = ("[b]id[/]     the layer's number (P5 stage ends and skip use it)\n"
             "[b]ch[/]     its filters (output channels)\n"
             "[b]T[/]      the layer statistic of P1-P3: W (P1), smoothed JB (P2), smoothed k3·k4 (P3)\n"
@@ -80,11 +79,6 @@ class PruneScreen(PlanScreen):
             "[b]ms[/]     the layer's conv timed alone on its real input, before→after (t)\n"
             + target_field.HELP + "\n"
             "Fields left empty take the default shown in grey; the table dims while the fields are in error.")
-
-    @property
-    def settings(self) -> PruneSection:
-        """The app's pruning choices, or the defaults while the user has made none."""
-        return self.app.state.prune or PruneSection()
 
     def body(self) -> ComposeResult:
         with Horizontal(classes="fields"):
@@ -125,19 +119,6 @@ class PruneScreen(PlanScreen):
         yield LayerEditor(id="edit")
 
     def on_mount(self) -> None:
-        table = self.query_one("#plan", DataTable)
-        table.fixed_columns = 1  # the layer name stays when scrolling right
-        for key, label in (("name", "layer"), ("id", "id"), ("ch", "ch"), ("T", "T"), ("ratio", "ratio"),
-                           ("keep", "keep"), ("cut", "cut"), ("by", "by"), ("ms", "ms")):
-            table.add_column(label, key=key)
-        self.planner: Planner | None = None
-        self.plan: PrunePlan | None = None
-        self.apply_when_planned = False  # a pressed before the plan was ready
-        self.error: str | None = None  # why the table is out of date (the fields or the plan failed)
-        self._filling = False
-        self.budget = self.app.state.budget  # [target] as the fields show it
-        self.timed = False                   # t: time each layer of every plan
-        self.planned_for: PruneSection | None = None  # the settings the plan shown was made from
         self.show_rows("P1")
 
     def show_rows(self, strategy: str) -> None:
@@ -145,26 +126,14 @@ class PruneScreen(PlanScreen):
         for row in set(ROWS.values()):
             self.query_one(f"#{row}").display = row == ROWS.get(strategy)
 
-    def show_overview(self, overview: Overview) -> None:
-        if self.planner is None:
-            self.fill_fields(self.settings)
-            self.fill_budget(self.app.state.budget)
-            self.build_planner(self.app.state.base, self.settings)
+    @on(Select.Changed, "#strategy")
+    def strategy_changed(self, event: Select.Changed) -> None:
+        self.show_rows(str(event.value))
 
-    @work(thread=True, exclusive=True, group="planner", exit_on_error=False)
-    def build_planner(self, base: Overview, s: PruneSection) -> None:
-        opened = base.opened
-        try:
-            planner = Planner(opened.model, opened.loaded.arch, opened.input_shape, base.stats, s.coupled, s.ignore,
-                              dataset=opened.data.name if opened.data else None)
-        except WorkbenchError as exc:
-            self.app.call_from_thread(self.query_one("#totals", Static).update, f"[red]{exc}[/]")
-            return
-        self.app.call_from_thread(self._planner_ready, planner)
-
-    def _planner_ready(self, planner: Planner) -> None:
-        self.planner = planner
-        self.settings_changed()  # the fields may have changed while it was built
+    def make_tool(self, source: Overview, s: PruneSection) -> Planner:
+        opened = source.opened
+        return Planner(opened.model, opened.loaded.arch, opened.input_shape, source.stats, s.coupled, s.ignore,
+                       dataset=opened.data.name if opened.data else None)
 
     def fill_fields(self, s: PruneSection) -> None:
         self._filling = True
@@ -193,72 +162,19 @@ class PruneScreen(PlanScreen):
         ratios, ends = update["stage_ratios"], self.stage_ends()
         if ratios is not None and update["stage_bounds"] is None and len(ratios) == len(ends) + 1:
             update["stage_bounds"] = ends  # one ratio per stage: the stages the placeholder shows
-        data = {**self.settings.model_dump(), **update}
-        try:
-            return PruneSection.model_validate(data)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            where = ".".join(map(str, err["loc"])) or "settings"
-            raise WorkbenchError(f"{where}: {err['msg'].removeprefix('Value error, ')}") from None
+        return self.validated({**self.settings.model_dump(), **update})
 
-    def on_select_changed(self, event: Select.Changed) -> None:
-        if event.select.id == "target-metric":
-            self.budget_changed()
-            return
-        if event.select.id == "strategy":
-            self.show_rows(str(event.value))
-        self.settings_changed()
+    def solves(self) -> bool:
+        return self.budget is not None and self.app.state.decompose is None
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        if event.input.id == "target-value":
-            self.budget_changed()
-        elif not isinstance(event.input, LayerEditor):
-            self.settings_changed()
+    def solve(self, settings: PruneSection) -> tuple[PruneSection, Solved]:
+        return solve_prune(self.planner, settings, self.budget)
 
-    def settings_changed(self) -> None:
-        if self._filling or self.planner is None:
-            return
-        try:
-            settings = self.settings_from_fields()
-        except WorkbenchError as exc:
-            self.out_of_date(str(exc))
-            return
-        if settings != self.settings:  # field events also fire when the screen fills them in
-            self.post_message(SettingsChanged(prune=settings))
-        self.replan(settings)
-
-    @work(thread=True, exclusive=True, group="plan", exit_on_error=False)
-    def replan(self, settings: PruneSection) -> None:
-        """Plan `settings` (posted to the app already: its state may not have them yet); with a
-        target (and no decomposition to solve instead), its knob solved first."""
-        asked, solved, solving = settings, None, self.budget is not None and self.app.state.decompose is None
-        self.planner.timing = self.timing()
-        try:
-            if solving:
-                if note := target_field.solving_text(self.budget, self.planner.timing):
-                    self.app.call_from_thread(self.query_one("#target-solved", Static).update, note)
-                settings, solved = solve_prune(self.planner, settings, self.budget)
-            plan = self.planner.plan(settings)
-            if self.timed:
-                time_prune_plan(self.planner, plan)
-        except WorkbenchError as exc:
-            self.app.call_from_thread(self.out_of_date, str(exc))
-            return
-        note = target_field.solved_text(solved, self.planner.timing) if solving else \
-            "[dim]solves the decomposition (the last step)[/]" if self.budget is not None else ""
-        self.app.call_from_thread(self.show_solved, asked, note)
-        self.app.call_from_thread(self.show_plan, plan)
-
-    def show_solved(self, asked: PruneSection, note: str) -> None:
-        self.planned_for = asked
-        self.query_one("#target-solved", Static).update(note)
+    def time_plan(self, plan: PrunePlan) -> None:
+        time_prune_plan(self.planner, plan)
 
     def out_of_date(self, message: str) -> None:
-        """The fields (or the plan) are in error: say why, dim the table, refuse to apply it."""
-        self.error, self.apply_when_planned = message, False
-        self.query_one("#totals", Static).update(
-            f"[red]{escape(message)}[/]\n[dim]the table below is out of date: fix the fields to re-plan[/]")
-        self.query_one("#plan", DataTable).add_class("-stale")
+        super().out_of_date(message)
         self.p5_placeholders()
 
     def p5_placeholders(self) -> None:
@@ -281,31 +197,21 @@ class PruneScreen(PlanScreen):
         self.query_one("#skip", Input).placeholder = join(stages.skip) if stages and stages.skip else "none"
 
     def show_plan(self, plan: PrunePlan) -> None:
-        first, self.plan, self.error = self.plan is None, plan, None
-        self.query_one("#plan", DataTable).remove_class("-stale")
         self.p5_placeholders()
-        (p0, p1), (f0, f1) = plan.params, plan.flops
-        t = f"T range [{num(plan.t_range[0])}, {num(plan.t_range[1])}], coef {num(plan.coef)}; " if plan.t_range else ""
-        kept = sum(x.keep for x in plan.layers)
-        total = sum(x.channels for x in plan.layers)
-        self.query_one("#totals", Static).update(
-            f"params {p0:,} → [b]{p1:,}[/] ({p0 / p1:.2f}x)   FLOPs {count(f0)} → [b]{count(f1)}[/] ({f0 / f1:.2f}x)\n"
-            f"[dim]{t}{kept}/{total} filters kept in {len(plan.layers)} layers[/]")
         for name, placeholder in self._defaults(plan).items():
             self.query_one(f"#{name}", Input).placeholder = placeholder
-        table = self.query_one("#plan", DataTable)
-        row = table.cursor_row
-        table.clear()
-        for layer in plan.layers:
-            table.add_row(layer.name, str(layer.layer_id), str(layer.channels), num(layer.statistic),
-                          f"{layer.ratio:.2f}", str(layer.keep), str(layer.channels - layer.keep), layer.source,
-                          target_field.time_cell(layer.time_ms), key=layer.name)
-        if plan.layers:
-            table.move_cursor(row=min(row, len(plan.layers) - 1))
-        if first:
-            table.focus()
-        if self.apply_when_planned and self.planned_for == self.settings:
-            self.action_apply()
+        super().show_plan(plan)
+
+    def summary(self, plan: PrunePlan) -> str:
+        t = f"T range [{num(plan.t_range[0])}, {num(plan.t_range[1])}], coef {num(plan.coef)}; " if plan.t_range else ""
+        kept = sum(x.keep for x in plan.layers)
+        return f"{t}{kept}/{sum(x.channels for x in plan.layers)} filters kept in {len(plan.layers)} layers"
+
+    def rows_of(self, plan: PrunePlan) -> list[tuple[str, tuple[str, ...]]]:
+        return [(layer.name, (layer.name, str(layer.layer_id), str(layer.channels), num(layer.statistic),
+                              f"{layer.ratio:.2f}", str(layer.keep), str(layer.channels - layer.keep), layer.source,
+                              target_field.time_cell(layer.time_ms)))
+                for layer in plan.layers]
 
     def _defaults(self, plan: PrunePlan) -> dict[str, str]:
         """Placeholders show the value an empty field stands for."""
@@ -318,34 +224,19 @@ class PruneScreen(PlanScreen):
         return out
 
     def action_edit(self) -> None:
-        table = self.query_one("#plan", DataTable)
-        if self.plan is None or not table.row_count:
+        name = self.current()
+        if name is None:
             return
-        layer = self.plan.layers[table.cursor_row]
+        layer = self.plan.layers[self.rows.index(name)]
         choice = self.settings.layers.get(layer.name)
         value = "" if choice is None else str(choice.ratio if choice.ratio is not None else choice.keep)
         self.query_one(LayerEditor).open(
             layer.name, f"{layer.name}: ratio (0.3) or keep (12) of {layer.channels}; empty = strategy", value)
 
-    def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        self.action_edit()
-
-    def on_layer_editor_edited(self, event: LayerEditor.Edited) -> None:
-        try:
-            choice = parse_edit(event.text)
-        except WorkbenchError as exc:
-            self.notify(str(exc), severity="error")
-            return
-        layers = {k: v for k, v in self.settings.layers.items() if k != event.layer}
+    def edited(self, name: str, text: str) -> PruneSection:
+        """The settings with layer `name`'s choice set to `text` (cleared when empty)."""
+        choice = parse_edit(text)
+        layers = {k: v for k, v in self.settings.layers.items() if k != name}
         if choice is not None:
-            layers[event.layer] = choice
-        settings = self.settings.model_copy(update={"layers": layers})
-        self.post_message(SettingsChanged(prune=settings))
-        self.query_one(LayerEditor).action_close()
-        self.replan(settings)
-
-    def action_apply(self) -> None:
-        if not self.ready_to_apply():
-            return
-        self.post_message(SettingsChanged(prune=self.planned_for))  # the choices; a target's solution is the plan's
-        self.app.apply_plan(self.plan)
+            layers[name] = choice
+        return self.settings.model_copy(update={"layers": layers})
