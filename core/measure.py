@@ -110,12 +110,14 @@ def _formats(model: nn.Module, input_shape: tuple[int, ...], channels_last: bool
     return variants
 
 
-def _per_call(timer, number: int) -> float:
-    """Seconds per call over one block of `number` calls, after one untimed call: the first call
-    after another model runs cold (a ResNet-56 mostly of 1-channel convs timed 0.98 of the original
-    so, 0.63-0.68 warmed); `Timer.timeit` would warm with max(number // 100, 2) calls, tripling the
-    cost of a whole model's one-call blocks."""
-    timer._timeit(1)
+def _per_call(timer, number: int, warm: bool = True) -> float:
+    """Seconds per call over one block of `number` calls, after one untimed call when `warm`: the
+    first call after another model ran is cold (a ResNet-56 mostly of 1-channel convs timed 0.98 of
+    the original so, 0.63-0.68 warmed); `Timer.timeit` would warm with max(number // 100, 2) calls,
+    tripling the cost of a whole model's one-call blocks. A block that follows one of the same
+    model needs no warm call."""
+    if warm:
+        timer._timeit(1)
     return timer._timeit(number) / number
 
 
@@ -156,7 +158,7 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                     if len(input_shape) == 3 else torch.randn(batch, *input_shape, device=device)
                 timer = benchmark.Timer("model(x)", globals={"model": variant, "x": x})
                 timer._timeit(warmup)
-                number = max(1, int(block_s / _per_call(timer, 1)))
+                number = max(1, int(block_s / _per_call(timer, 1, warm=False)))
                 candidates.append([float("inf"), last, timer, number])
             if len(candidates) > 1:  # the faster format: the best of FORMAT_BLOCKS alternating blocks each
                 for _ in range(FORMAT_BLOCKS):
@@ -164,9 +166,9 @@ def compare_latency(models: dict[str, nn.Module], input_shape: tuple[int, ...], 
                         candidate[0] = min(candidate[0], _per_call(candidate[2], candidate[3]))
             timers[name] = tuple(min(candidates, key=lambda c: c[0])[1:])
         times: dict[str, list[float]] = {name: [] for name in models}
-        for _ in range(repeats):
+        for i in range(repeats):  # a block warms up after another model's (or format's) blocks only
             for name, (_, timer, number) in timers.items():
-                times[name].append(_per_call(timer, number) * 1e3)
+                times[name].append(_per_call(timer, number, warm=len(timers) > 1 or i == 0) * 1e3)
         for name, (last, _, _) in timers.items():
             t = times[name]
             results[name].append(Latency(statistics.median(t), min(t), repeats, batch, str(device),

@@ -39,23 +39,30 @@ def test_each_model_at_each_batch_size_leaves_the_models_alone():
 def test_models_run_at_the_configured_thread_count_and_only_the_calls_asked_for():
     """Latency is measured with torch's intra-op threads as set (--threads, [measure] threads),
     not torch.utils.benchmark's default of one; and a model slower than a block runs, after the
-    warm-up, one untimed and one timed call for the per-call estimate and for each round: one call
-    warms each block (a ResNet-56 mostly of 1-channel convs timed 0.98 of the original cold and
-    0.63-0.68 warm), not Timer.timeit's two, which made a budget's whole-model timings cost 3 calls
-    per timed one."""
+    warm-up, one call for the per-call estimate and one timed call a round, plus one untimed call
+    before each block that follows another model's (a ResNet-56 mostly of 1-channel convs timed
+    0.98 of the original cold and 0.63-0.68 warm) and before the first round; not Timer.timeit's
+    two before every block, which made a budget's whole-model timings cost 3 calls per timed one."""
     seen = []
 
     class Probe(nn.Module):
+        def __init__(self, name):
+            super().__init__()
+            self.name = name
+
         def forward(self, x):
-            seen.append(torch.get_num_threads())
+            seen.append((self.name, torch.get_num_threads()))
             return x
 
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(3)
-        compare_latency({"probe": Probe()}, (4,), (1,), warmup=2, repeats=4, block_s=0.0)
-        assert set(seen) == {3} and torch.get_num_threads() == 3
-        assert len(seen) == 2 + 2 * (1 + 4)
+        compare_latency({"alone": Probe("alone")}, (4,), (1,), warmup=2, repeats=4, block_s=0.0)
+        assert {threads for _, threads in seen} == {3} and torch.get_num_threads() == 3
+        assert len(seen) == 2 + 1 + 1 + 4  # warm-up, estimate, the first round's warm call, 4 rounds
+        seen.clear()
+        compare_latency({"a": Probe("a"), "b": Probe("b")}, (4,), (1,), warmup=2, repeats=4, block_s=0.0)
+        assert [name for name, _ in seen].count("a") == [name for name, _ in seen].count("b") == 2 + 1 + 2 * 4
     finally:
         torch.set_num_threads(before)
 
