@@ -426,13 +426,20 @@ def measured_fraction(table: LatencyTable) -> float:
 
 def refit_prune(planner, plan, noisy_too: bool = False) -> bool:
     """Calibrate the planner's table on `plan` (`calibrate_prune`) unless it was last fitted to a plan
-    predicted within REFIT_NEAR of the model's time of this one; whether it did."""
+    of the same strategy and filter metric predicted within REFIT_NEAR of the model's time of this
+    one (another strategy prunes other layers, whose share of the rest of the model differs);
+    whether it did."""
     table = table_for(planner, planner.model, planner.input_shape)
-    if table.anchor is not None and abs(prune_latency(planner, plan) - prune_latency(planner, table.anchor[0])) \
-            <= REFIT_NEAR * table.model_ms():
+    if table.anchor is not None and _same_kind(plan, table.anchor[0]) and \
+            abs(prune_latency(planner, plan) - prune_latency(planner, table.anchor[0])) <= REFIT_NEAR * table.model_ms():
         return False
     calibrate_prune(planner, plan, noisy_too)
     return True
+
+
+def _same_kind(a, b) -> bool:
+    """Whether two prune plans come from the same strategy and filter metric."""
+    return (a.settings.strategy, a.settings.metric) == (b.settings.strategy, b.settings.metric)
 
 
 def prune_latency(planner, plan) -> float:

@@ -154,7 +154,8 @@ def test_calibration_fits_the_share_of_the_model_time_that_scales_with_the_layer
     assert table.predicted_ms(changed.get) == pytest.approx(model)
 
 
-def test_a_latency_budget_fits_the_table_to_the_plan_it_found_and_refits_far_from_it(demo, clock):
+def test_a_latency_budget_fits_the_table_to_the_plan_it_found_and_refits_far_from_it_or_for_another_strategy(
+        demo, clock):
     planner = Planner(demo.model, demo.arch, INPUT)
     solved, _ = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.7))
     table = layer_times.table_for(planner, planner.model, planner.input_shape)
@@ -165,6 +166,9 @@ def test_a_latency_budget_fits_the_table_to_the_plan_it_found_and_refits_far_fro
     assert table.anchor[0] is plan                      # near the fitted plan: not timed again
     solved, _ = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.4))
     assert table.anchor[0].layers == planner.plan(solved).layers
+    p4 = table.anchor[0]
+    solved, _ = solve_prune(planner, PruneSection(strategy="P1"), TargetSection(latency=0.4))
+    assert table.anchor[0] is not p4 and table.anchor[0].layers == planner.plan(solved).layers  # another strategy
 
 
 def test_a_solve_that_moves_away_from_the_fitted_plan_is_fitted_again_up_to_refits(demo, monkeypatch):
