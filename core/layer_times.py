@@ -225,8 +225,9 @@ class LatencyTable:
     model timed whole there: the layers' times alone do not add up to the model's (in contiguous
     format here they exceed it), and part of the rest (norms, activations, additions) shrinks with
     them. The prediction is the fastest over the formats in `predicting`: the model's faster one,
-    and the one a compressed model timed whole ran faster in (`calibrate`), as narrow convs can be
-    slower than wide ones in channels-last; layers are timed only in those formats.
+    the one a compressed model timed whole ran faster in (`calibrate`), and every format once a
+    budget asks (`predict_everywhere`), as narrow convs can be slower than wide ones in
+    channels-last; layers are timed only in those formats.
     """
 
     def __init__(self, model: nn.Module, input_shape: tuple[int, ...], device: str = "cpu", batch: int = 1):
@@ -240,7 +241,7 @@ class LatencyTable:
         self._model: dict[bool, float] | None = None
         self._full: dict[bool, float] = {}
         self.weight: dict[bool, float] = {}    # per format, the fitted share `w` (absent: the layers' share)
-        self._predicting: set[bool] = set()    # formats added by `calibrate` to the model's faster one
+        self._predicting: set[bool] = set()    # formats added to the model's faster one
         self.anchor: tuple | None = None   # (plan, {format: measured fraction}) `calibrate` was fitted to
 
     def _model_times(self) -> dict[bool, float]:
@@ -330,6 +331,12 @@ class LatencyTable:
     def predicting(self) -> list[bool]:
         """The formats a plan is predicted in: the model's faster one, and those `calibrate` added."""
         return sorted(self._predicting | {self.channels_last()})
+
+    def predict_everywhere(self) -> bool:
+        """Predict plans in every format from now on; whether that added one."""
+        added = set(self.formats) - set(self.predicting())
+        self._predicting |= added
+        return bool(added)
 
     def predicted_ms(self, changed: Callable[[bool], dict[str, float]]) -> float:
         """The model's time (ms) in the fastest format of `predicting`, the layers `changed(last)`
