@@ -22,6 +22,7 @@ from core.session import DecomposeSection, LayerRanks, PruneSection, TargetSecti
 STEPS = 40          # bisection steps: the knob to ~1e-12 of its range, far below a filter or a rank
 SCAN = 9            # latency: knob values tried when the most compressing end is not the fastest
 REFITS = 3          # latency: at most this many fits of the table to a solved plan timed whole
+TIMED_STEPS = 4     # latency: whole-model timings bisecting between a plan above a refused target and one within
 X_RANGE = (1.0 + 1e-6, 1e4)
 COEF_RANGE = (1e-3, 1e4)
 
@@ -108,7 +109,7 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     `baseline` (params, FLOPs), by default the planner's own network; latency: of its measured time)."""
     metric, goal = _metric(target)
     if metric == "latency":
-        from core.layer_times import measured_fraction, prune_latency, refit_prune, table_for
+        from core.layer_times import prune_latency, refit_prune, table_for
 
         table = table_for(planner, planner.model, planner.input_shape)  # times the model when first asked
 
@@ -150,20 +151,11 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole
         try:
             value = _on_table(solve, table)
-        except OutOfReach as out:  # fit the table to the plan it found fastest, timed whole, even through
-            # a noisy timing: that plan measured within the target proves the target reachable
-            if not refit_prune(planner, planner.plan(make(out.best)), noisy_too=True):
-                raise
-            try:
-                value = solve()
-            except OutOfReach:
-                measured = measured_fraction(table)
-                if measured > goal:
-                    raise OutOfReach(f"target: the fastest plan found ({knob} = {out.best:.4g}), pruned and timed "
-                                     f"whole, runs at {measured:.4f} of the original's time, above the {goal} asked "
-                                     "for: compress more layers or raise the target", out.best) from None
-                # measured within the target, where the fitted table (w at most 1) cannot predict it: take it
-                return make(out.best), Solved(knob, out.best, metric, goal, measured, timed=True)
+        except OutOfReach as out:
+            value, measured = _solve_timed(planner, table, make, solve, knob, goal, out.best,
+                                           low if increasing else high, log)
+            if measured is not None:
+                return make(value), Solved(knob, value, metric, goal, measured, timed=True)
         else:  # fitted again while the solve moves away from the plan the table was fitted to
             for _ in range(REFITS):
                 if not refit_prune(planner, planner.plan(make(value))):
@@ -171,6 +163,46 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
                 value = solve()
     solved = make(value)
     return solved, Solved(knob, value, metric, goal, fraction(solved))
+
+
+def _solve_timed(planner, table, make: Callable, solve: Callable[[], float], knob: str, goal: float, best: float,
+                 end: float, log: bool) -> tuple[float, float | None]:
+    """A latency target the table refused: time whole the plan it found fastest (`best`), then the
+    most compressing one (`end`; a table can be wrong about narrow plans), each fitting the table
+    even through a noisy timing, after which the table may solve: (knob, None). Where it still cannot
+    but a plan ran within the target, bisect between one above and one within on whole-model
+    timings, TIMED_STEPS times, and take the least compressing plan measured within: (knob, its
+    measured fraction). No plan within: OutOfReach with the fastest one's measured time."""
+    from core.layer_times import calibrate_prune, measured_fraction
+
+    def timed(v: float) -> float:
+        calibrate_prune(planner, planner.plan(make(v)), noisy_too=True)
+        return measured_fraction(table)
+
+    above, within = {}, {}
+    for v in (best, end):
+        if v != best and planner.plan(make(v)).keep() == planner.plan(make(best)).keep():
+            continue
+        measured = timed(v)
+        (within if measured <= goal else above)[v] = measured
+        try:
+            return solve(), None
+        except OutOfReach:
+            if within:
+                break
+    if not within:
+        v = min(above, key=above.get)
+        raise OutOfReach(f"target: the fastest plan found ({knob} = {v:.4g}), pruned and timed whole, runs at "
+                         f"{above[v]:.4f} of the original's time, above the {goal} asked for: compress more layers "
+                         "or raise the target", v) from None
+    (ok, measured), bad = next(iter(within.items())), next(iter(above), None)
+    for _ in range(TIMED_STEPS if bad is not None else 0):
+        mid = _between(bad, ok, 0.5, log)
+        if (m := timed(mid)) <= goal:
+            ok, measured = mid, m
+        else:
+            bad = mid
+    return ok, measured
 
 
 def _on_table(solve: Callable[[], float], table) -> float:

@@ -286,6 +286,29 @@ def test_a_plan_measured_within_the_target_is_taken_where_the_fitted_table_canno
     assert "achieved 0.0600 (the plan pruned and timed whole)" in markdown_report(report)
 
 
+def test_a_target_the_table_gets_wrong_about_narrow_plans_is_bisected_on_whole_model_timings(demo, monkeypatch):
+    """A conv narrower than 4 channels is 5 ms slower timed alone, but not inside the model: the table
+    puts the fastest P4 plan at percent 0.6 (0.47 of the model's time, timed whole) and the code
+    before refused `latency = 0.3`. Timed whole, the most compressing plan runs at 0.086; bisecting
+    between the two on whole-model timings takes the least compressing plan measured within 0.3,
+    not that one, which would prune nearly every filter."""
+    def narrow_slow_alone(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
+        out = Clock()(models, input_shape, batch_sizes, device)
+        for name, model in models.items():
+            convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+            extra = 5.0 if len(convs) == 1 and convs[0].out_channels < 4 else 0.0
+            out[name] = [Latency(lat.median_ms + extra, lat.min_ms + extra, 1, lat.batch, lat.device)
+                         for lat in out[name]]
+        return out
+    monkeypatch.setattr(layer_times, "compare_latency", narrow_slow_alone)
+    planner = Planner(demo.model, demo.arch, INPUT)
+    settings, solved = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.3))
+    assert solved.timed and 0.2 < solved.achieved <= 0.3 and 0.6 < settings.percent < 0.99
+    table = layer_times.table_for(planner, planner.model, planner.input_shape)
+    layer_times.calibrate_prune(planner, planner.plan(settings))
+    assert layer_times.measured_fraction(table) == pytest.approx(solved.achieved)
+
+
 def test_prune_plan_times_each_layer_and_marks_the_slower(demo, monkeypatch):
     planner = Planner(demo.model, demo.arch, INPUT)
     plan = planner.plan(PruneSection(strategy="P4", percent=0.5))
