@@ -180,7 +180,7 @@ def _solve_timed(planner, table, make: Callable, solve: Callable[[], float], kno
         return measured_fraction(table)
 
     above, within = {}, {}
-    for v in (best, end):
+    for v in dict.fromkeys((best, end)):  # the same plan once
         if v != best and planner.plan(make(v)).keep() == planner.plan(make(best)).keep():
             continue
         measured = timed(v)

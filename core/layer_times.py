@@ -329,7 +329,8 @@ class LatencyTable:
         return min(self._layers({}, last)[0] / self.model_ms(last), 1.0)
 
     def predicting(self) -> list[bool]:
-        """The formats a plan is predicted in: the model's faster one, and those `calibrate` added."""
+        """The formats a plan is predicted in: the model's faster one, and those `calibrate` and
+        `predict_everywhere` added."""
         return sorted(self._predicting | {self.channels_last()})
 
     def predict_everywhere(self) -> bool:
