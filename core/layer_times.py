@@ -13,6 +13,7 @@ per-layer times: every Conv2d and Linear timed alone at the channel counts a pla
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from core.measure import compare_latency
+from core.measure import Latency, compare_latency
 
 REPEATS = 7        # interleaved rounds per layer
 TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times dozens)
@@ -127,7 +128,10 @@ def skip_slower(decomposer, layers: list) -> None:
     time there is within FORMAT_NEAR of it: which format a model runs faster in can then flip with
     the machine's noise (ResNet-56 at batch 1 on a 2-core CPU: 0.97-1.53x apart; 12 of its convs
     paid off alone in contiguous format, none in channels-last, and a run that decomposed 21 made
-    the model 0.74x as fast)."""
+    the model 0.74x as fast). Then the model with the layers left decomposed is timed whole against
+    the original (`whole_times`): unless it is faster beyond the timings' spreads (`faster_whole`),
+    every layer is left whole, as layers faster alone need not make the model faster (a ResNet-56
+    at batch 64 with three such layers decomposed ran 0.97x as fast)."""
     device, batch = decomposer.timing
     time_decomposed(decomposer, layers)
     timer = _layer_timer(decomposer)
@@ -146,8 +150,47 @@ def skip_slower(decomposer, layers: list) -> None:
             where = f" in {'channels-last' if last else 'contiguous'} format"
         if not pays_off(before, after):
             why = "not faster" if after >= before else f"under {MIN_GAIN:.0%} faster"
-            layer.skipped = f"{why}{where}: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})"
-            layer.params, layer.flops = (layer.params[0],) * 2, (layer.flops[0],) * 2
+            _leave_whole(layer, f"{why}{where}: {before:.3f} -> {after:.3f} ms ({device}, batch {batch})")
+    kept = [layer for layer in layers if layer.skipped is None]
+    if kept:
+        whole, decomposed = whole_times(decomposer, kept)
+        if not faster_whole(whole, decomposed):
+            for layer in kept:
+                _leave_whole(layer, f"the model with the {len(kept)} layers faster alone decomposed is not faster "
+                                    f"timed whole: {whole.median_ms:.3f} -> {decomposed.median_ms:.3f} ms "
+                                    f"({device}, batch {batch})")
+
+
+def _leave_whole(layer, why: str) -> None:
+    layer.skipped = why
+    layer.params, layer.flops = (layer.params[0],) * 2, (layer.flops[0],) * 2
+
+
+def faster_whole(before: Latency, after: Latency) -> bool:
+    """Whether a model timed at `after` is faster than one timed at `before` beyond the timings'
+    spreads (their interquartile ranges, centred on the medians, do not overlap): on a quiet GPU a
+    gain of a few percent, on a noisy CPU only one above its noise."""
+    return after.median_ms + after.iqr_ms / 2 < before.median_ms - before.iqr_ms / 2
+
+
+def whole_times(decomposer, layers: list) -> tuple[Latency, Latency]:
+    """The decomposer's model and the same model with `layers` decomposed (stand-ins with the planned
+    shapes), timed whole and interleaved at its `timing`, each in its faster memory format; cached
+    per set of decomposed layers."""
+    device, batch = decomposer.timing
+    key = (device, batch, tuple(sorted((layer.name, layer.method, tuple(layer.ranks)) for layer in layers)))
+    cache = decomposer.__dict__.setdefault("_whole_times", {})
+    if key not in cache:
+        model = decomposer.model
+        decomposed = copy.deepcopy(model)
+        for layer in layers:
+            module = model.get_submodule(layer.name)
+            decomposed.set_submodule(layer.name, stand_in(module, layer.method, layer.ranks)
+                                     .to(next(module.parameters()).device))
+        measured = compare_latency({"whole": model, "decomposed": decomposed}, decomposer.input_shape, (batch,),
+                                   device, repeats=REPEATS, block_s=WHOLE_BLOCK_S)
+        cache[key] = (measured["whole"][0], measured["decomposed"][0])
+    return cache[key]
 
 
 # ---------------------------------------------------------------- the per-layer time table (budgets)

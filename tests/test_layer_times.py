@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from core.decompose.plan import Decomposer, apply_decomposition
-from core.layer_times import FORMAT_NEAR, LatencyTable, LayerTimer, input_shapes, stand_in
-from core.measure import count_flops, count_params
+import core.layer_times as layer_times
+from core.layer_times import FORMAT_NEAR, LatencyTable, LayerTimer, faster_whole, input_shapes, stand_in
+from core.measure import Latency, count_flops, count_params
 from core.models.checkpoint import load_model
 from core.session import DecomposeSection
 
@@ -17,6 +18,10 @@ from core.session import DecomposeSection
 @pytest.fixture(scope="module")
 def demo():
     return load_model("demo")
+
+
+def lat(median: float, iqr: float = 0.0) -> Latency:
+    return Latency(median, median, 7, 1, "cpu", iqr_ms=iqr)
 
 
 def test_input_shapes_are_each_layers_own(demo):
@@ -47,9 +52,6 @@ def test_times_are_cached_per_layer_and_ranks(demo):
 def test_both_forms_are_timed_in_the_memory_format_the_model_runs_in(demo, monkeypatch, faster_channels_last):
     """A layer's two forms are compared in the whole model's faster format, not each in its own
     (a form faster alone in the other format would not be faster inside the model)."""
-    import core.layer_times as layer_times
-    from core.measure import Latency
-
     formats = []
 
     def fake(models, shape, batches, device="cpu", *_, channels_last=None, **__):
@@ -79,6 +81,7 @@ def test_skip_slower_leaves_slower_layers_whole_and_costs_agree(demo, monkeypatc
         return (0.2, 0.3) if name in slow else (0.3, 0.285) if name == marginal else (0.3, 0.2)
     monkeypatch.setattr(LayerTimer, "times", times)
     monkeypatch.setattr(LatencyTable, "_model_times", lambda self: {False: 1.0, True: other_ms})
+    monkeypatch.setattr(layer_times, "whole_times", lambda decomposer, layers: (lat(1.0), lat(0.8)))
     plain = decomposer.plan(DecomposeSection())
     plan = decomposer.plan(DecomposeSection(skip_slower=True))
     skipped = {layer.name: layer.skipped for layer in plan.layers if layer.skipped}
@@ -93,3 +96,35 @@ def test_skip_slower_leaves_slower_layers_whole_and_costs_agree(demo, monkeypatc
     model, _ = apply_decomposition(demo.model, demo.arch, plan, decomposer)
     assert isinstance(model.get_submodule("layer1.0.conv1"), nn.Conv2d)
     assert (count_params(model), count_flops(model, (1, 8, 8))) == (plan.params[1], plan.flops[1])
+
+
+def test_faster_whole_needs_a_gain_beyond_the_spreads():
+    assert faster_whole(lat(10.0, 1.0), lat(8.0, 1.0))          # 8.5 < 9.5
+    assert not faster_whole(lat(10.0, 2.0), lat(8.5, 1.0))      # 9.0 = 9.0: the ranges touch
+    assert not faster_whole(lat(10.0), lat(10.0))
+
+
+def test_skip_slower_leaves_every_layer_whole_when_the_model_is_not_faster_timed_whole(demo, monkeypatch):
+    """Layers faster alone need not make the model faster: the model with them decomposed (stand-ins
+    of the planned shapes, so no decomposition is computed) is timed whole against the original, and
+    when it is not faster beyond the spreads every layer stays whole, with the reason; the timing is
+    cached per set of decomposed layers."""
+    timed = []
+
+    def clock(models, input_shape, batches=(1,), device="cpu", **kw):
+        timed.append(dict(models))
+        return {name: [lat(1.0 if name == "whole" else 0.95, 0.1)] for name in models}
+    monkeypatch.setattr(layer_times, "compare_latency", clock)
+    monkeypatch.setattr(LayerTimer, "times", lambda self, name, method, ranks, last=None: (0.3, 0.2))
+    monkeypatch.setattr(LatencyTable, "_model_times", lambda self: {False: 1.0, True: 2.0})
+    decomposer = Decomposer(demo.model, demo.arch, (1, 8, 8))
+    planned = decomposer.plan(DecomposeSection())
+    plan = decomposer.plan(DecomposeSection(skip_slower=True))
+    assert plan.decomposed == [] and (plan.params[1], plan.flops[1]) == (decomposer.params, decomposer.flops)
+    n = len(planned.decomposed)
+    assert plan.layers[0].skipped == (f"the model with the {n} layers faster alone decomposed is not faster timed "
+                                      "whole: 1.000 -> 0.950 ms (cpu, batch 1)")
+    (models,) = timed
+    assert models["whole"] is demo.model and count_params(models["decomposed"]) == planned.params[1]
+    decomposer.plan(DecomposeSection(skip_slower=True))
+    assert len(timed) == 1                                          # cached
