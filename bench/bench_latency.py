@@ -45,7 +45,7 @@ def decompose(model, arch, shape, batch: int):
     decomposer.timing = ("cpu", batch)
     plan = decomposer.plan(DecomposeSection(x=1.71, skip_slower=True))
     whole = len(plan.layers) - len(plan.decomposed)
-    checked = sum(bool(layer.skipped and layer.skipped.startswith("the model with")) for layer in plan.layers)
+    checked = sum(bool(layer.skipped and layer.skipped.startswith("the model with ")) for layer in plan.layers)
     note = f"{whole} layers left whole, {checked} of them faster alone but not in the model timed whole" if checked \
         else f"{whole} layers left whole"
     return apply_decomposition(model, arch, plan, decomposer)[0], note

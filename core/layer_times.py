@@ -156,9 +156,9 @@ def skip_slower(decomposer, layers: list) -> None:
         whole, decomposed = whole_times(decomposer, kept)
         if not faster_whole(whole, decomposed):
             for layer in kept:
-                _leave_whole(layer, f"the model with the {len(kept)} layers faster alone decomposed is not faster "
-                                    f"timed whole: {whole.median_ms:.3f} -> {decomposed.median_ms:.3f} ms "
-                                    f"({device}, batch {batch})")
+                _leave_whole(layer, f"the model with {len(kept)} layer{'s' if len(kept) > 1 else ''} faster alone "
+                                    f"decomposed is not faster timed whole: {whole.median_ms:.3f} -> "
+                                    f"{decomposed.median_ms:.3f} ms ({device}, batch {batch})")
 
 
 def _leave_whole(layer, why: str) -> None:
