@@ -148,19 +148,19 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
 
     if metric != "latency":
         value = solve()
-    else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole
+    else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole,
+        # while the solve moves away from the plan the table was fitted to
         try:
             value = _on_table(solve, table)
-        except OutOfReach as out:
-            value, measured = _solve_timed(planner, table, make, solve, knob, goal, out.best,
-                                           low if increasing else high, log)
-            if measured is not None:
-                return make(value), Solved(knob, value, metric, goal, measured, timed=True)
-        else:  # fitted again while the solve moves away from the plan the table was fitted to
             for _ in range(REFITS):
                 if not refit_prune(planner, planner.plan(make(value))):
                     break
                 value = solve()
+        except OutOfReach as out:  # refused on the table, as first timed or as fitted
+            value, measured = _solve_timed(planner, table, make, solve, knob, goal, out.best,
+                                           low if increasing else high, log)
+            if measured is not None:
+                return make(value), Solved(knob, value, metric, goal, measured, timed=True)
     solved = make(value)
     return solved, Solved(knob, value, metric, goal, fraction(solved))
 

@@ -273,6 +273,18 @@ def test_a_target_out_of_reach_when_timed_whole_is_refused_with_the_measured_tim
         solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.08))
 
 
+def test_a_target_the_table_refuses_once_fitted_is_refused_with_the_measured_time_too(demo, monkeypatch):
+    """The table solves 0.5 as first timed; the plan it finds, timed whole, runs at 0.9, and the table
+    fitted to that refuses 0.5: the refusal, too, gives the time measured whole, not the table's
+    figure (the code before raised the table's `the fastest plan found (at 1) keeps 0.8175 of the
+    baseline`)."""
+    monkeypatch.setattr(layer_times, "compare_latency", pruned_whole_at(0.9))
+    planner = Planner(demo.model, demo.arch, INPUT)
+    with pytest.raises(WorkbenchError, match=r"the fastest plan found \(percent = [0-9.]+\), pruned and timed whole, "
+                                             r"runs at 0\.9000 of the original's time, above the 0\.5 asked for"):
+        solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.5))
+
+
 def test_a_plan_measured_within_the_target_is_taken_where_the_fitted_table_cannot_predict_it(demo, monkeypatch):
     """The fastest plan's layers, on the table, sum to 0.078 of the full layers', so even fitted (w
     at most 1) the table predicts no plan under 0.07; timed whole, that plan runs at 0.06 of the
