@@ -8,7 +8,9 @@ loop (core.measure.compare_latency), on the CPU at batch 1 and 64.
 2. The ResNet-56 seed checkpoints (pruned by the reference) and ResNet-50 P4 against their
    unpruned networks: speed-up / FLOPs reduction (target: at least 0.8).
 3. `[target] flops = 0.5` for P1, P4, P5 and Tucker-2 x on ResNet-56: where the plan lands
-   (target: within 1% of half the FLOPs).
+   (target: within 1% of half the FLOPs); `latency = 0.8` for P4 (ResNet-56, ResNet-50) and P1
+   (ResNet-56): the solve's time, first and in a new session on the timing cache, and the plan's
+   measured time.
 
 Models are seeded random inits where no checkpoint is named (times do not depend on weights).
 Run: python bench/bench_latency.py [--quick]   (on an idle machine)
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -114,24 +118,35 @@ def solve_line(label: str, solve, *args):
     return settings
 
 
+def planned(model, arch, shape) -> Planner:
+    planner = Planner(model, arch, shape)
+    planner.plan(PruneSection(strategy="P1"))  # the statistics, as the Weights screen has them
+    return planner
+
+
 def target_lines() -> None:
     """Where each `[target]` lands and how long its solve takes (the planner's statistics already
     computed, as in the TUI); a latency target (cpu, batch 1) is predicted from the per-layer time
-    table, and its first solve includes timing the table's points."""
+    table, and its first solve includes timing the table's points (the bench's own timing cache, so
+    none is kept from an earlier run); then a new session (planner) solves it again on the cache."""
     torch.manual_seed(0)
     flops, latency = TargetSection(flops=0.5), TargetSection(latency=0.8)
     for name, classes, shape in (("resnet56", 10, CIFAR), ("resnet50", 1000, (3, 224, 224))):
         arch = Arch(name, classes)
         model = build(arch).eval()
-        planner = Planner(model, arch, shape)
-        planner.plan(PruneSection(strategy="P1"))  # the statistics, as the Weights screen has them
+        planner = planned(model, arch, shape)
         p1, p4 = PruneSection(strategy="P1"), PruneSection(strategy="P4")
-        cases = [(p1, flops), (p4, flops)]
-        if name == "resnet56":  # P5's predefined stages, and latency targets
-            cases += [(PruneSection(strategy="P5", variant="C"), flops), (p4, latency), (p1, latency)]
+        cases = [(p1, flops), (p4, flops), (p4, latency)]
+        if name == "resnet56":  # P5's predefined stages, and P1 on a table fitted to P4
+            cases[2:2] = [(PruneSection(strategy="P5", variant="C"), flops)]
+            cases += [(p1, latency)]
         for settings, target in cases:
             solved = solve_line(f"{name} {settings.strategy}", solve_prune, planner, settings, target)
-            if target is latency and solved is not None:  # the pruned model against the original, interleaved
+            if target is latency and solved is not None:
+                again = solve_line(f"    again in a new session, on the timing cache: {name} {settings.strategy}",
+                                   solve_prune, planned(model, arch, shape), settings, target)
+                print(f"    same plan as the first solve: {again is not None and again == solved}")
+                # the pruned model against the original, interleaved
                 pruned, _ = apply_pruning(model, arch, planner.plan(solved).keep(), shape)
                 measured = compare_latency({"original": model, "pruned": pruned}, shape, (1,))
                 ratio = measured["pruned"][0].median_ms / measured["original"][0].median_ms
@@ -147,6 +162,8 @@ if __name__ == "__main__":
     args = parser.parse_args()
     batches = (1,) if args.quick else (1, 64)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    target_lines()
+    with tempfile.TemporaryDirectory(prefix="bench-timing-cache-") as cache:
+        os.environ["WORKBENCH_TIMING_CACHE"] = cache
+        target_lines()
     skip_slower_lines(batches)
     pruned_lines(batches, args.quick)

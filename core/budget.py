@@ -35,10 +35,11 @@ class Solved:
     target: float      # fraction of the baseline asked for
     achieved: float    # fraction the plan reaches (latency: predicted on the per-layer table, unless `timed`)
     timed: bool = False  # latency: `achieved` was measured, the plan pruned and timed whole
+    cached: str | None = None  # latency: when the per-layer times read from core.timing_cache were measured
 
     def as_dict(self) -> dict:
         return {"knob": self.knob, "value": self.value, "metric": self.metric, "target": self.target,
-                "achieved": self.achieved, "timed": self.timed}
+                "achieved": self.achieved, "timed": self.timed, "cached": self.cached}
 
 
 class OutOfReach(WorkbenchError):
@@ -161,8 +162,10 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
                                            low if increasing else high, log)
             if measured is not None:
                 return make(value), Solved(knob, value, metric, goal, measured, timed=True)
+        finally:
+            table.save()  # for the next session on this machine (core.timing_cache)
     solved = make(value)
-    return solved, Solved(knob, value, metric, goal, fraction(solved))
+    return solved, Solved(knob, value, metric, goal, fraction(solved), cached=table.cached if metric == "latency" else None)
 
 
 def _solve_timed(planner, table, make: Callable, solve: Callable[[], float], knob: str, goal: float, best: float,
@@ -253,12 +256,16 @@ def solve_decompose(decomposer, settings: DecomposeSection, target: TargetSectio
         return settings.model_copy(update={"x": x})
 
     # on the cost model alone, never timed; then layer by layer up to the next step's ranks
-    ok, bad = _bracket(lambda x: fraction(at(x)), *X_RANGE, goal, increasing=False, log=True,
-                       scan=SCAN if metric == "latency" else 0)
-    best = at(ok) if bad is None else _refine(decomposer, at(ok), at(bad), goal, fraction)
-    achieved = fraction(best) if not settings.skip_slower or metric == "latency" else \
-        getattr(decomposer.plan(best), metric)[1] / base
-    return best, Solved("x", best.x, metric, goal, achieved)
+    try:
+        ok, bad = _bracket(lambda x: fraction(at(x)), *X_RANGE, goal, increasing=False, log=True,
+                           scan=SCAN if metric == "latency" else 0)
+        best = at(ok) if bad is None else _refine(decomposer, at(ok), at(bad), goal, fraction)
+        achieved = fraction(best) if not settings.skip_slower or metric == "latency" else \
+            getattr(decomposer.plan(best), metric)[1] / base
+    finally:
+        if metric == "latency":
+            table.save()  # for the next session on this machine (core.timing_cache)
+    return best, Solved("x", best.x, metric, goal, achieved, cached=table.cached if metric == "latency" else None)
 
 
 def _refine(decomposer, low: DecomposeSection, high: DecomposeSection, goal: float,

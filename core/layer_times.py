@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import copy
 import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -22,7 +23,9 @@ from functools import partial
 import torch
 from torch import nn
 
+from core import timing_cache
 from core.measure import Latency, compare_latency
+from core.prune.settings import PruneSection
 
 REPEATS = 7        # interleaved rounds per layer
 TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times dozens)
@@ -234,6 +237,18 @@ class Spec:
                      for n, p, d, k, s in zip(self.size, pad, self.dilation, self.kernel, self.stride))
 
 
+def _point_key(point: tuple[Spec, int, int]) -> str:
+    """A table point as the text core.timing_cache keeps it under."""
+    spec, cin, cout = point
+    return json.dumps([*dataclasses.astuple(spec), cin, cout])
+
+
+def _point(key: str) -> tuple[Spec, int, int]:
+    kind, size, kernel, stride, padding, dilation, cin, cout = json.loads(key)
+    return (Spec(kind, tuple(size), tuple(kernel), tuple(stride), padding if isinstance(padding, str) else tuple(padding),
+                 tuple(dilation)), int(cin), int(cout))
+
+
 def spec_of(module: nn.Module, shape: tuple[int, ...]) -> tuple[Spec, int, int] | None:
     """(spec, input channels, output channels) of a Conv2d or Linear run on per-image `shape`; None
     for a grouped conv that is not depthwise (never pruned nor decomposed: its time stays)."""
@@ -285,7 +300,53 @@ class LatencyTable:
         self._full: dict[bool, float] = {}
         self.weight: dict[bool, float] = {}    # per format, the fitted share `w` (absent: the layers' share)
         self._predicting: set[bool] = set()    # formats added to the model's faster one
-        self.anchor: tuple | None = None   # (plan, {format: measured fraction}) `calibrate` was fitted to
+        self.anchor: tuple | None = None   # (prune settings, {format: measured fraction}) `calibrate` was fitted to
+        self.cached: str | None = None     # when the times read from the disk cache were first measured
+        self._load()
+
+    def _load(self) -> None:
+        """What core.timing_cache kept for this machine, device, batch and model structure."""
+        self._context = timing_cache.context(self.device, self.batch)
+        self._key = timing_cache.model_key(self.model, self.input_shape)
+        doc = timing_cache.load(self._context)
+        try:
+            points = {last: {_point(k): float(v) for k, v in doc["points"].get(str(int(last)), {}).items()}
+                      for last in self.formats}
+            entry = doc["models"].get(self._key) or {}
+            model = {bool(int(f)): float(v) for f, v in (entry.get("times") or {}).items()}
+            weight = {bool(int(f)): float(v) for f, v in (entry.get("weight") or {}).items()}
+            predicting = {bool(v) for v in entry.get("predicting", [])}
+            anchor = entry.get("anchor")
+            if anchor is not None:
+                anchor = (PruneSection.model_validate(anchor["settings"]),
+                          {bool(int(f)): float(v) for f, v in anchor["fractions"].items()})
+        except (ValueError, TypeError, KeyError, AttributeError):  # a file of another make: measured afresh
+            return
+        self._points = points
+        if set(model) == set(self.formats):
+            self._model = model
+        self.weight, self._predicting, self.anchor = weight, predicting & set(self.formats), anchor
+        if any(points.values()) or entry:
+            self.cached = doc["created"]
+        self._saved = self._state()
+
+    def _state(self) -> tuple:
+        """What `save` writes: (format -> point -> ms, the model's entry)."""
+        points = {str(int(last)): {_point_key(p): ms for p, ms in table.items()} for last, table in self._points.items()}
+        anchor = None if self.anchor is None else {
+            "settings": self.anchor[0].model_dump(mode="json"),
+            "fractions": {str(int(f)): v for f, v in self.anchor[1].items()}}
+        entry = {"times": None if self._model is None else {str(int(f)): v for f, v in self._model.items()},
+                 "weight": {str(int(f)): v for f, v in self.weight.items()},
+                 "predicting": sorted(self._predicting), "anchor": anchor}
+        return points, entry
+
+    def save(self) -> None:
+        """Keep what was measured and fitted (core.timing_cache), if anything changed since."""
+        state = self._state()
+        if state != getattr(self, "_saved", None):
+            timing_cache.save(self._context, state[0], self._key, state[1])
+            self._saved = state
 
     def _model_times(self) -> dict[bool, float]:
         """The whole model's forward time (ms) in each format, measured once."""
@@ -294,6 +355,7 @@ class LatencyTable:
                                                  repeats=REPEATS, block_s=WHOLE_BLOCK_S,
                                                  channels_last=last)["m"][0].median_ms
                            for last in self.formats}
+            self.save()
         return self._model
 
     def model_ms(self, last: bool | None = None) -> float:
@@ -447,6 +509,7 @@ def time_prune_plan(planner, plan) -> None:
             layer.time_ms = changed.get(layer.name) or (table.layer_ms(layer.name, exact=True),) * 2
     plan.latency_ms = (table.model_ms(), table.predicted_ms(_after(planner, plan, exact=True)))
     plan.timing = planner.timing
+    table.save()
 
 
 def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
@@ -465,7 +528,8 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
     if noisy_too or not any(lat[0].noisy for m in measured.values() for lat in m.values()):
         table.calibrate(_after(planner, plan), fractions)
-    table.anchor = (plan, fractions)
+    table.anchor = (plan.settings, fractions)
+    table.save()
 
 
 def measured_fraction(table: LatencyTable) -> float:
@@ -481,16 +545,17 @@ def refit_prune(planner, plan, noisy_too: bool = False) -> bool:
     one (another strategy prunes other layers, whose share of the rest of the model differs);
     whether it did."""
     table = table_for(planner, planner.model, planner.input_shape)
-    if table.anchor is not None and _same_kind(plan, table.anchor[0]) and \
-            abs(prune_latency(planner, plan) - prune_latency(planner, table.anchor[0])) <= REFIT_NEAR * table.model_ms():
+    if table.anchor is not None and _same_kind(plan.settings, table.anchor[0]) and \
+            abs(prune_latency(planner, plan) - prune_latency(planner, planner.plan(table.anchor[0]))) \
+            <= REFIT_NEAR * table.model_ms():
         return False
     calibrate_prune(planner, plan, noisy_too)
     return True
 
 
-def _same_kind(a, b) -> bool:
-    """Whether two prune plans come from the same strategy and filter metric."""
-    return (a.settings.strategy, a.settings.metric) == (b.settings.strategy, b.settings.metric)
+def _same_kind(a: PruneSection, b: PruneSection) -> bool:
+    """Whether two prune settings have the same strategy and filter metric."""
+    return (a.strategy, a.metric) == (b.strategy, b.metric)
 
 
 def prune_latency(planner, plan) -> float:

@@ -91,6 +91,8 @@ def markdown(report: dict) -> str:
                      f"{t['value']:.6g}, achieved {t['achieved']:.4f}"
                      + ((" (the plan pruned and timed whole)" if t.get("timed") else
                          " (predicted from the per-layer times)") if t["metric"] == "latency" else "")
+                     + (f" on cached times measured since {t['cached']} (WORKBENCH_TIMING_CACHE=off times afresh)"
+                        if t.get("cached") else "")
                      + (f", measured {t['measured']:.4f}" if t.get("measured") is not None else ""))
     notes += slower_notes(steps)
     if report.get("latency_warning"):

@@ -36,6 +36,13 @@ def seeds() -> Path:
 
 
 @pytest.fixture(autouse=True)
+def _no_timing_cache(monkeypatch):
+    """Every latency table is timed afresh (core.timing_cache off), here and in the processes a
+    test starts; the cache's own tests turn it on in a folder of their own."""
+    monkeypatch.setenv("WORKBENCH_TIMING_CACHE", "off")
+
+
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Code under test may set torch's thread count (the app, `--threads`): restore one."""
     yield

@@ -55,11 +55,12 @@ def solving_text(budget: TargetSection | None, timing: tuple[str, int]) -> str:
 
 def solved_text(solved: Solved | None, timing: tuple[str, int]) -> str:
     """`coef = 1.23 → 0.498`: the solved knob and the fraction of the baseline it reaches (latency:
-    predicted at the device and batch size, or measured there with the plan timed whole)."""
+    predicted at the device and batch size, on times from core.timing_cache or measured afresh, or
+    measured there with the plan timed whole)."""
     if solved is None:
         return ""
-    where = f" ({timing[0]}, batch {timing[1]}{', timed whole' if solved.timed else ''})" \
-        if solved.metric == "latency" else ""
+    how = ", timed whole" if solved.timed else ", cached times" if solved.cached else ""
+    where = f" ({timing[0]}, batch {timing[1]}{how})" if solved.metric == "latency" else ""
     return f"{solved.knob} = [b]{solved.value:.4g}[/] → {solved.achieved:.3f}{where}"
 
 
