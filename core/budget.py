@@ -149,7 +149,14 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
 
     if metric != "latency":
         value = solve()
-    else:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole,
+        return make(value), Solved(knob, value, metric, goal, fraction(make(value)))
+    # the same target for the same settings (their knob aside: the TUI saves it solved) and weights, solved
+    # before on this machine (core.timing_cache), is the same plan again: a replay prunes what the TUI showed
+    key = table.solve_key(settings.model_dump(mode="json", exclude={"coef", "percent"}), goal)
+    if (known := table.solves.get(key)) is not None:
+        return make(known["value"]), Solved(knob, known["value"], metric, goal, known["achieved"], known["timed"],
+                                            table.cached)
+    try:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole,
         # while the solve moves away from the plan the table was fitted to
         try:
             value = _on_table(solve, table)
@@ -157,15 +164,16 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
                 if not refit_prune(planner, planner.plan(make(value))):
                     break
                 value = solve()
+            solved = Solved(knob, value, metric, goal, fraction(make(value)), cached=table.cached)
         except OutOfReach as out:  # refused on the table, as first timed or as fitted
             value, measured = _solve_timed(planner, table, make, solve, knob, goal, out.best,
                                            low if increasing else high, log)
-            if measured is not None:
-                return make(value), Solved(knob, value, metric, goal, measured, timed=True)
-        finally:
-            table.save()  # for the next session on this machine (core.timing_cache)
-    solved = make(value)
-    return solved, Solved(knob, value, metric, goal, fraction(solved), cached=table.cached if metric == "latency" else None)
+            solved = Solved(knob, value, metric, goal, fraction(make(value)) if measured is None else measured,
+                            timed=measured is not None, cached=table.cached if measured is None else None)
+        table.solves[key] = {"value": value, "achieved": solved.achieved, "timed": solved.timed}
+    finally:
+        table.save()  # for the next session on this machine (core.timing_cache)
+    return make(value), solved
 
 
 def _solve_timed(planner, table, make: Callable, solve: Callable[[], float], knob: str, goal: float, best: float,

@@ -302,6 +302,7 @@ class LatencyTable:
         self._predicting: set[bool] = set()    # formats added to the model's faster one
         self.anchor: tuple | None = None   # (prune settings, {format: measured fraction}) `calibrate` was fitted to
         self.cached: str | None = None     # when the times read from the disk cache were first measured
+        self.solves: dict[str, dict] = {}  # core.budget's latency solves: key -> value, achieved, timed
         self._load()
 
     def _load(self) -> None:
@@ -316,6 +317,8 @@ class LatencyTable:
             model = {bool(int(f)): float(v) for f, v in (entry.get("times") or {}).items()}
             weight = {bool(int(f)): float(v) for f, v in (entry.get("weight") or {}).items()}
             predicting = {bool(v) for v in entry.get("predicting", [])}
+            solves = {str(k): {"value": float(v["value"]), "achieved": float(v["achieved"]), "timed": bool(v["timed"])}
+                      for k, v in (entry.get("solves") or {}).items()}
             anchor = entry.get("anchor")
             if anchor is not None:
                 anchor = (PruneSection.model_validate(anchor["settings"]),
@@ -325,7 +328,7 @@ class LatencyTable:
         self._points = points
         if set(model) == set(self.formats):
             self._model = model
-        self.weight, self._predicting, self.anchor = weight, predicting & set(self.formats), anchor
+        self.weight, self._predicting, self.anchor, self.solves = weight, predicting & set(self.formats), anchor, solves
         if any(points.values()) or entry:
             self.cached = doc["created"]
         self._saved = self._state()
@@ -338,8 +341,12 @@ class LatencyTable:
             "fractions": {str(int(f)): v for f, v in self.anchor[1].items()}}
         entry = {"times": None if self._model is None else {str(int(f)): v for f, v in self._model.items()},
                  "weight": {str(int(f)): v for f, v in self.weight.items()},
-                 "predicting": sorted(self._predicting), "anchor": anchor}
+                 "predicting": sorted(self._predicting), "anchor": anchor, "solves": dict(self.solves)}
         return points, entry
+
+    def solve_key(self, *parts) -> str:
+        """A budget solve's key: `parts` (JSON) and the model's weights, which the plans depend on."""
+        return json.dumps([*parts, timing_cache.weights_key(self.model)], sort_keys=True)
 
     def save(self) -> None:
         """Keep what was measured and fitted (core.timing_cache), if anything changed since."""

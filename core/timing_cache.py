@@ -62,6 +62,16 @@ def model_key(model: nn.Module, input_shape: tuple[int, ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+@torch.no_grad()
+def weights_key(model: nn.Module) -> str:
+    """The model's weights, told apart by each parameter's and buffer's sum and sum of squares."""
+    tensors = [t.detach().double() for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()]
+    if not tensors:
+        return ""
+    sums = torch.stack([torch.stack([t.sum(), (t * t).sum()]) for t in tensors]).cpu().numpy()
+    return hashlib.sha256(sums.tobytes()).hexdigest()[:24]
+
+
 def path_for(ctx: dict) -> Path | None:
     where = folder()
     if where is None:

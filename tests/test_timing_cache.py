@@ -6,6 +6,7 @@ Times come from the synthetic clock of tests/test_latency_target.py."""
 
 from __future__ import annotations
 
+import copy
 import datetime
 import json
 from pathlib import Path
@@ -13,10 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from core import layer_times, timing_cache
+from core import budget, layer_times, timing_cache
 from core.budget import Solved, solve_decompose, solve_prune
 from core.chain import apply
 from core.decompose.plan import Decomposer
+from core.measure import Latency
 from core.models.checkpoint import load_model
 from core.overview import Opened
 from core.pipeline import replay
@@ -151,3 +153,42 @@ def test_a_replay_after_another_solves_on_the_cached_times_and_says_so(tmp_path,
     assert "on cached times" not in (tmp_path / "first" / "report.md").read_text()
     solved = Solved(**{k: v for k, v in reports[1].items() if k != "measured"})
     assert target_field.solved_text(solved, ("cpu", 1)).endswith("(cpu, batch 1, cached times)")
+
+
+def test_a_target_solved_before_is_the_same_plan_in_the_next_session(demo, cache, monkeypatch):
+    """Timed whole, a pruned model runs at the square root of the fraction the clock gives its layers,
+    so with one fit the first session ends on a table not fitted to the plan it solved, where a new
+    session would fit again and land elsewhere: the solve kept for the same settings (its solved
+    knob aside, as the TUI saves it) and target gives the first session's plan without timing."""
+    def sqrt_whole(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
+        out = Clock()(models, input_shape, batch_sizes, device)
+        if "pruned" in models:
+            out["pruned"] = [Latency(o.median_ms * (p.median_ms / o.median_ms) ** 0.5, o.min_ms, 1, o.batch, o.device)
+                             for o, p in zip(out["original"], out["pruned"])]
+        calls.append(models)
+        return out
+    calls = []
+    monkeypatch.setattr(layer_times, "compare_latency", sqrt_whole)
+    monkeypatch.setattr(budget, "REFITS", 1)
+    (first, solved), planner = p4_solve(demo, 0.5)
+    table = layer_times.table_for(planner, planner.model, INPUT)
+    assert planner.plan(table.anchor[0]).keep() != planner.plan(first).keep()      # fitted to another plan
+    calls.clear()
+    planner = Planner(demo.model, demo.arch, INPUT)
+    again, solved_again = solve_prune(planner, first, TargetSection(latency=0.5))   # the TUI's saved settings
+    assert again == first and solved_again.achieved == solved.achieved and calls == []
+    retimed = layer_times.LatencyTable(demo.model, INPUT)
+    retimed.solves.clear()   # without the kept solve, the fit moves the plan
+    planner = Planner(demo.model, demo.arch, INPUT)
+    planner._latency_table = retimed
+    assert solve_prune(planner, first, TargetSection(latency=0.5))[0] != first and calls
+
+
+def test_other_weights_of_the_same_structure_are_solved_afresh(demo, cache, clock):
+    (first, _), planner = p4_solve(demo)
+    other = copy.deepcopy(demo)
+    with torch.no_grad():
+        other.model.get_submodule("layer1.0.conv1").weight.mul_(-3.0)
+    planner = Planner(other.model, other.arch, INPUT)
+    solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.7))
+    assert len(layer_times.table_for(planner, other.model, INPUT).solves) == 2   # its own solve beside the first
