@@ -1,6 +1,9 @@
 """Compression that pays off in measured time: every ratio from models timed interleaved in one
 loop (core.measure.compare_latency), on the CPU at batch 1 and 64.
 
+Each ratio is the median over the loop's rounds of each round's ratio, the two models' blocks timed
+one after the other (`core.measure.ratio`), printed with its quartiles.
+
 1. ResNet-56 decomposed (Tucker-2, X = 1.71) with `skip_slower = true` against the original
    (target: at least 1.0x), and A3 (P1, then Tucker-2 with skip_slower) against P1 alone
    (target: at least as fast); beside them the original against a copy of itself, timed in the
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.budget import solve_decompose, solve_prune  # noqa: E402
 from core.decompose.plan import Decomposer, apply_decomposition  # noqa: E402
 from core.errors import WorkbenchError  # noqa: E402
-from core.measure import compare_latency, count_flops  # noqa: E402
+from core.measure import compare_latency, count_flops, ratio  # noqa: E402
 from core.models.checkpoint import load_model  # noqa: E402
 from core.models.zoo import Arch, build  # noqa: E402
 from core.prune.plan import Planner  # noqa: E402
@@ -56,14 +59,16 @@ def decompose(model, arch, shape, batch: int):
 
 
 def line(label: str, measured: dict, a: str, b: str, flops: dict | None = None) -> None:
+    """`b`'s speed-up over `a`: the median of the rounds' ratios (core.measure.ratio), its quartiles,
+    and each model's own spread."""
     for x, y in zip(measured[a], measured[b]):
-        ratio = x.median_ms / y.median_ms
+        r = ratio(x, y)
         extra = ""
         if flops is not None:
             reduction = flops[a] / flops[b]
-            extra = f", FLOPs {reduction:.2f}x fewer, speed-up/FLOPs = {ratio / reduction:.2f}"
-        print(f"{label} batch {x.batch}: {b} {y.median_ms:.2f} ms vs {a} {x.median_ms:.2f} ms = {ratio:.2f}x{extra} "
-              f"(spread {x.spread:.0%}/{y.spread:.0%})")
+            extra = f", FLOPs {reduction:.2f}x fewer, speed-up/FLOPs = {r.median / reduction:.2f}"
+        print(f"{label} batch {x.batch}: {b} {y.median_ms:.2f} ms vs {a} {x.median_ms:.2f} ms = {r.median:.2f}x "
+              f"(rounds {r.low:.2f}-{r.high:.2f}){extra} (spread {x.spread:.0%}/{y.spread:.0%})")
 
 
 def skip_slower_lines(batches: tuple[int, ...]) -> None:
@@ -149,9 +154,9 @@ def target_lines() -> None:
                 # the pruned model against the original, interleaved
                 pruned, _ = apply_pruning(model, arch, planner.plan(solved).keep(), shape)
                 measured = compare_latency({"original": model, "pruned": pruned}, shape, (1,))
-                ratio = measured["pruned"][0].median_ms / measured["original"][0].median_ms
-                print(f"    measured: {ratio:.4f} of the original's time (spread {measured['pruned'][0].spread:.0%}/"
-                      f"{measured['original'][0].spread:.0%})")
+                r = ratio(measured["pruned"][0], measured["original"][0])
+                print(f"    measured: {r.median:.4f} of the original's time (rounds {r.low:.3f}-{r.high:.3f}, spread "
+                      f"{measured['pruned'][0].spread:.0%}/{measured['original'][0].spread:.0%})")
         if name == "resnet56":
             solve_line(f"{name} tucker2", solve_decompose, Decomposer(model, arch, shape), DecomposeSection(), flops)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from core import timing_cache
-from core.measure import Latency, compare_latency
+from core.measure import Latency, compare_latency, ratio
 from core.prune.settings import PruneSection
 
 REPEATS = 7        # interleaved rounds per layer
@@ -170,10 +170,11 @@ def _leave_whole(layer, why: str) -> None:
 
 
 def faster_whole(before: Latency, after: Latency) -> bool:
-    """Whether a model timed at `after` is faster than one timed at `before` beyond the timings'
-    spreads (their interquartile ranges, centred on the medians, do not overlap): on a quiet GPU a
-    gain of a few percent, on a noisy CPU only one above its noise."""
-    return after.median_ms + after.iqr_ms / 2 < before.median_ms - before.iqr_ms / 2
+    """Whether a model timed at `after` is faster than one timed at `before`, interleaved, beyond the
+    noise: in three rounds of four at least (the upper quartile of the rounds' ratios is below 1;
+    without rounds, the two interquartile ranges centred on the medians do not overlap). On a quiet
+    GPU a gain of a few percent, on a noisy CPU only one above its noise."""
+    return ratio(after, before).high < 1
 
 
 def whole_times(decomposer, layers: list) -> tuple[Latency, Latency]:
@@ -521,9 +522,9 @@ def time_prune_plan(planner, plan) -> None:
 
 def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     """Fit the planner's latency table (`LatencyTable.calibrate`) to `plan` pruned and timed whole,
-    interleaved with the original in each memory format, at the planner's `timing`, unless a spread
-    there is too wide to trust (`Latency.noisy`) and not `noisy_too`: then the table stays as it
-    was."""
+    interleaved with the original in each memory format, at the planner's `timing` (its fraction of
+    the original's time: the rounds' ratios, `core.measure.ratio`), unless their spread is too wide
+    to trust (`Ratio.noisy`) and not `noisy_too`: then the table stays as it was."""
     from core.prune.surgery import apply_pruning
 
     table = table_for(planner, planner.model, planner.input_shape)
@@ -532,8 +533,9 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     measured = {last: compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
                                       device, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
                 for last in table.formats}
-    fractions = {last: m["pruned"][0].median_ms / m["original"][0].median_ms for last, m in measured.items()}
-    if noisy_too or not any(lat[0].noisy for m in measured.values() for lat in m.values()):
+    ratios = {last: ratio(m["pruned"][0], m["original"][0]) for last, m in measured.items()}
+    fractions = {last: r.median for last, r in ratios.items()}
+    if noisy_too or not any(r.noisy for r in ratios.values()):
         table.calibrate(_after(planner, plan), fractions)
     table.anchor = (plan.settings, fractions)
     table.save()

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from pydantic import ValidationError
 
 from core.atomic import atomic_path, write_json
-from core.report import markdown
+from core.report import markdown, time_ratio
 from core.errors import WorkbenchError
 from core.finetune.events import Done, RunEvent, Steps
 from core.finetune.rundir import (
@@ -161,7 +161,7 @@ def run_session(session: Session, latency: bool = True, progress: Progress | Non
         _attach_latency(report, {"baseline": opened.model, **{n: m for n, (m, _) in chain.models.items()}},
                         opened.input_shape, session.measure)
         if chain.solved is not None and chain.solved.metric == "latency":  # beside the table's prediction
-            report["target"]["measured"] = steps[-1]["latency_ms"] / steps[0]["latency_ms"]
+            report["target"]["measured"] = time_ratio(steps[-1], steps[0])
     if opened.data is not None:  # what the images were normalised with and how validation was held out
         report["data"] = {"name": opened.data.name, "normalization": opened.data.normalization,
                           "split": opened.data.split}

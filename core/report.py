@@ -4,6 +4,7 @@ as plain data computed once; each view only formats the cells. Also report.md it
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ class StepRow:
     latencies: tuple[float | None, ...]     # median ms per column of `StepsTable.where`
     fewer_params: float | None              # the first step's params divided by this step's
     fewer_flops: float | None
-    speedup: float | None                   # the first step's latency divided by this step's
+    speedup: float | None                   # the first step's latency divided by this step's (`time_ratio`)
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,16 @@ class StepsTable:
 
 def _ratio(base, value) -> float | None:
     return base / value if base and value else None
+
+
+def time_ratio(step: dict, base: dict) -> float | None:
+    """`step`'s latency over `base`'s at the first batch size: the median over the rounds of each
+    round's ratio when both carry their rounds (steps timed interleaved, core.measure.ratio), else
+    the ratio of the two medians."""
+    a, b = ((s.get("latency") or [{}])[0].get("rounds_ms") for s in (step, base))
+    if a and b and len(a) == len(b):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return _ratio(step.get("latency_ms"), base.get("latency_ms"))
 
 
 def steps_table(steps: Sequence[dict]) -> StepsTable:
@@ -44,7 +55,7 @@ def steps_table(steps: Sequence[dict]) -> StepsTable:
         rows.append(StepRow(
             str(step["name"]), step.get("params"), step.get("flops"), step.get("accuracy"), step.get("latency_ms"),
             tuple((measured + [None] * len(where))[:len(where)]), _ratio(base.get("params"), step.get("params")),
-            _ratio(base.get("flops"), step.get("flops")), _ratio(base.get("latency_ms"), step.get("latency_ms"))))
+            _ratio(base.get("flops"), step.get("flops")), time_ratio(base, step)))
     return StepsTable(where, rows)
 
 

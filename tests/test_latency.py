@@ -33,7 +33,8 @@ def test_each_model_at_each_batch_size_leaves_the_models_alone():
     # the channels-last variant is a copy: the caller's weights keep their layout (safetensors needs it)
     assert all(p.is_contiguous() for p in demo.parameters())
     assert list(measured["demo"][1].as_dict()) == ["device", "batch", "median_ms", "iqr_ms", "min_ms", "repeats",
-                                                   "channels_last", "noisy"]
+                                                   "channels_last", "noisy", "rounds_ms"]
+    assert len(measured["demo"][1].as_dict()["rounds_ms"]) == 4   # for ratios taken round by round
 
 
 def test_models_run_at_the_configured_thread_count_and_only_the_calls_asked_for():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 from pathlib import Path
 
 import pytest
@@ -218,6 +219,26 @@ def test_a_solve_that_moves_away_from_the_fitted_plan_is_fitted_again_up_to_refi
     assert abs(measured[budget.REFITS] - goal) < abs(measured[1] - goal) / 2
 
 
+def test_the_fit_takes_the_pruned_models_fraction_round_by_round(demo, monkeypatch):
+    """The original's time doubles in three rounds of five (a busy machine), the pruned model's in the
+    round after: each round's ratio is 0.6 but one, so the fit takes 0.6 and trusts it, where the
+    medians' ratio (0.3) and their spreads would mislead or refuse it."""
+    def busy(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
+        out = Clock()(models, input_shape, batch_sizes, device)
+        if "pruned" in models:
+            o = out["original"][0].median_ms
+            slow_o, slow_p = (1, 1, 2, 2, 2), (1, 1, 1, 2, 2)
+            out["original"] = [Latency(2 * o, o, 5, 1, str(device), o, rounds_ms=tuple(o * k for k in slow_o))]
+            out["pruned"] = [Latency(0.6 * o, 0.6 * o, 5, 1, str(device), 0.6 * o,
+                                     rounds_ms=tuple(0.6 * o * k for k in slow_p))]
+        return out
+    monkeypatch.setattr(layer_times, "compare_latency", busy)
+    planner = Planner(demo.model, demo.arch, INPUT)
+    layer_times.calibrate_prune(planner, planner.plan(PruneSection(strategy="P4", percent=0.5)))
+    table = layer_times.table_for(planner, planner.model, planner.input_shape)
+    assert table.anchor[1] == {last: pytest.approx(0.6) for last in table.formats} and table.weight
+
+
 def test_a_whole_model_timing_too_noisy_to_trust_fits_nothing(demo, monkeypatch):
     """A pruned model timed whole with a spread above MAX_SPREAD leaves the table as it was."""
     def noisy(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
@@ -346,7 +367,8 @@ def test_replay_reports_the_latency_target_and_per_layer_times(tmp_path, clock):
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     target, pruned = report["target"], report["steps"][1]
     assert (target["metric"], target["knob"]) == ("latency", "percent") and abs(target["achieved"] - 0.8) < 0.03
-    assert target["measured"] == pytest.approx(pruned["latency_ms"] / report["steps"][0]["latency_ms"])
+    rounds = zip(pruned["latency"][0]["rounds_ms"], report["steps"][0]["latency"][0]["rounds_ms"], strict=True)
+    assert target["measured"] == pytest.approx(statistics.median(p / b for p, b in rounds))   # round by round
     assert all(len(layer["time_ms"]) == 2 for layer in pruned["layers"]) and "slower" in pruned["layers"][0]
     text = (tmp_path / "run" / "report.md").read_text()
     assert f"[target] latency = 0.8 of the baseline: solved percent = {target['value']:.6g}" in text

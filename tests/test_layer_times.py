@@ -104,6 +104,17 @@ def test_faster_whole_needs_a_gain_beyond_the_spreads():
     assert not faster_whole(lat(10.0), lat(10.0))
 
 
+def test_faster_whole_with_rounds_needs_three_of_four_rounds_faster():
+    """Timed interleaved, each round's ratio counts: 10% faster in every round is faster though the
+    machine doubled its times halfway (the two spreads overlap); faster in half the rounds is not."""
+    def timed(*times: float) -> Latency:
+        return Latency(sorted(times)[len(times) // 2], min(times), len(times), 1, "cpu", rounds_ms=times)
+    before, after = timed(10, 10, 20, 20, 10), timed(9, 9, 18, 18, 9)
+    assert faster_whole(before, after)
+    assert not faster_whole(lat(before.median_ms, 10.0), lat(after.median_ms, 9.0))   # its medians and spreads alone
+    assert not faster_whole(timed(10, 10, 10, 10), timed(9, 11, 9, 11))
+
+
 def test_skip_slower_leaves_every_layer_whole_when_the_model_is_not_faster_timed_whole(demo, monkeypatch):
     """Layers faster alone need not make the model faster: the model with them decomposed (stand-ins
     of the planned shapes, so no decomposition is computed) is timed whole against the original, and

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from core.measure import count_flops, count_params, evaluate, measure_latency
+import pytest
+
+from core.measure import Latency, compare_latency, count_flops, count_params, evaluate, measure_latency, ratio
 from core.models.cifar_resnet import CifarResNet
 
 
@@ -32,6 +34,32 @@ def test_cifar_resnet_params_by_depth():
 def test_latency_is_positive_and_counts_repeats():
     lat = measure_latency(nn.Conv2d(3, 4, 3), (3, 16, 16), warmup=1, repeats=7)
     assert lat.repeats == 7 and 0 < lat.min_ms <= lat.median_ms and lat.device == "cpu"
+
+
+def test_each_round_is_kept_in_the_order_the_models_ran():
+    measured = compare_latency({"a": nn.Conv2d(3, 4, 3), "b": nn.Conv2d(3, 8, 3)}, (3, 16, 16), repeats=5)
+    for (lat,) in measured.values():
+        assert len(lat.rounds_ms) == 5 and lat.median_ms == sorted(lat.rounds_ms)[2] and lat.min_ms == min(lat.rounds_ms)
+
+
+def rounds(*times: float) -> Latency:
+    ordered = sorted(times)
+    return Latency(ordered[len(times) // 2], ordered[0], len(times), 1, "cpu", rounds_ms=times)
+
+
+def test_ratio_is_taken_round_by_round_so_a_slow_moment_cancels():
+    """By hand: rounds 10/10, 30/10, 12/12, 14/7 are ratios 1, 3, 1, 2 -> median 1.5, quartiles 1
+    and 2.25 (linear between order statistics), where the medians' ratio is 13 / 10. A machine
+    twice as slow in the middle rounds leaves a constant ratio constant."""
+    r = ratio(rounds(10, 30, 12, 14), rounds(10, 10, 12, 7))
+    assert (r.median, r.low, r.high) == (1.5, 1.0, 2.25) and r.noisy
+    steady = ratio(rounds(8, 16, 16, 8), rounds(10, 20, 20, 10))
+    assert steady.median == pytest.approx(0.8) and steady.low == pytest.approx(steady.high) and not steady.noisy
+
+
+def test_ratio_without_rounds_is_the_medians_with_their_spreads():
+    r = ratio(Latency(8.0, 8.0, 1, 1, "cpu", iqr_ms=1.0), Latency(10.0, 10.0, 1, 1, "cpu", iqr_ms=2.0))
+    assert (r.median, r.low, r.high) == (0.8, 7.5 / 11.0, 8.5 / 9.0)
 
 
 def test_evaluate_counts_correct_predictions():

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 from rich.console import Console
 
-from core.report import markdown, steps_table
+from core.report import markdown, steps_table, time_ratio
 from workbench.replay_view import steps_table as rich_table
 from workbench.screens.finetune import step_rows
 from workbench.screens.summary import steps_text
@@ -35,6 +35,17 @@ def test_the_table_holds_each_steps_values_and_its_ratios_to_the_first():
     assert [r.latencies for r in table.rows] == [(2.0, 40.0), (0.8, 16.0), (None, None)]
     # a step measured before batch sizes existed: its one latency fills the first column
     assert steps_table([{"name": "b", "params": 1, "flops": 1, "latency_ms": 3.0}]).rows[0].latencies == (3.0,)
+
+
+def test_the_speed_up_of_steps_timed_interleaved_is_taken_round_by_round():
+    """The machine was busy in the second round for both steps and in the third for the pruned one:
+    rounds 2/1, 4/2, 2/2 are ratios 2, 2 and 1, median 2, where the two medians (2 and 2) say 1; a
+    step without rounds falls back to the medians."""
+    base = {"name": "baseline", "latency_ms": 2.0, "latency": [{**lat(1, 2.0), "rounds_ms": [2.0, 4.0, 2.0]}]}
+    pruned = {"name": "pruned", "latency_ms": 2.0, "latency": [{**lat(1, 2.0), "rounds_ms": [1.0, 2.0, 2.0]}]}
+    assert [r.speedup for r in steps_table([base, pruned]).rows] == [1.0, 2.0]
+    assert time_ratio(pruned, base) == 0.5
+    assert time_ratio({"latency_ms": 3.0}, base) == 1.5
 
 
 def test_every_view_renders_the_same_rows():
