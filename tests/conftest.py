@@ -35,6 +35,17 @@ def seeds() -> Path:
     return SEEDS
 
 
+@pytest.fixture
+def clock(monkeypatch):
+    """core.layer_times times on the synthetic clock (tests/latency_clock.py), which counts its calls."""
+    from core import layer_times
+    from tests.latency_clock import Clock
+
+    fake = Clock()
+    monkeypatch.setattr(layer_times, "compare_latency", fake)
+    return fake
+
+
 @pytest.fixture(autouse=True)
 def _no_timing_cache(monkeypatch):
     """Every latency table is timed afresh (core.timing_cache off), here and in the processes a

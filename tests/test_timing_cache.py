@@ -24,7 +24,8 @@ from core.overview import Opened
 from core.pipeline import replay
 from core.prune.plan import Planner
 from core.session import DecomposeSection, PruneSection, TargetSection
-from tests.test_latency_target import INPUT, Clock
+from tests.latency_clock import Clock
+from tests.test_latency_target import INPUT
 from workbench import target_field
 
 SESSIONS = Path(__file__).resolve().parents[1] / "sessions"
@@ -40,13 +41,6 @@ def cache(tmp_path, monkeypatch):
     folder = tmp_path / "cache"
     monkeypatch.setenv("WORKBENCH_TIMING_CACHE", str(folder))
     return folder
-
-
-@pytest.fixture
-def clock(monkeypatch):
-    fake = Clock()
-    monkeypatch.setattr(layer_times, "compare_latency", fake)
-    return fake
 
 
 def p4_solve(demo, goal: float = 0.7, batch: int = 1):
