@@ -304,6 +304,7 @@ class LatencyTable:
         self.anchor: tuple | None = None   # (prune settings, {format: measured fraction}) `calibrate` was fitted to
         self.cached: str | None = None     # when the times read from the disk cache were first measured
         self.solves: dict[str, dict] = {}  # core.budget's latency solves: key -> value, achieved, timed
+        self._weights: str | None = None  # the model's weights' key (timing_cache.weights_key), once asked
         self._load()
 
     def _load(self) -> None:
@@ -347,7 +348,9 @@ class LatencyTable:
 
     def solve_key(self, *parts) -> str:
         """A budget solve's key: `parts` (JSON) and the model's weights, which the plans depend on."""
-        return json.dumps([*parts, timing_cache.weights_key(self.model)], sort_keys=True)
+        if self._weights is None:
+            self._weights = timing_cache.weights_key(self.model)
+        return json.dumps([*parts, self._weights], sort_keys=True)
 
     def save(self) -> None:
         """Keep what was measured and fitted (core.timing_cache), if anything changed since."""

@@ -32,7 +32,10 @@ def folder() -> Path | None:
     given = os.environ.get("WORKBENCH_TIMING_CACHE")
     if given is not None:
         return None if given.strip().lower() in ("", "off", "0", "no") else Path(given).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    except RuntimeError:  # no home folder to be found: timing works without the cache
+        return None
     return Path(base) / "hos-workbench"
 
 
@@ -113,5 +116,5 @@ def save(ctx: dict, points: dict[str, dict[str, float]], key: str, entry: dict) 
     doc["models"][key] = entry
     try:
         write_json(path, doc)
-    except WorkbenchError:
+    except (WorkbenchError, ValueError):  # unwritable, or a time that is no finite number
         pass
