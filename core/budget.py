@@ -156,27 +156,18 @@ def solve_prune(planner, settings: PruneSection, target: TargetSection,
     if (known := table.solves.get(key)) is not None:
         return make(known["value"]), Solved(knob, known["value"], metric, goal, known["achieved"], known["timed"],
                                             table.cached)
-    def refitted(value: float) -> float:
-        """Solved again with the table fitted to the plan found, pruned and timed whole, while the solve
-        moves away from the plan the table was fitted to (REFITS fits at most)."""
-        for _ in range(REFITS):
-            if not refit_prune(planner, planner.plan(make(value))):
-                break
-            value = solve()
-        return value
-
-    try:
+    try:  # solved on the table, then again with the table fitted to the plan found, pruned and timed whole,
+        # while the solve moves away from the plan the table was fitted to
         try:
-            value = refitted(_on_table(solve, table))
+            value = _on_table(solve, table)
+            for _ in range(REFITS):
+                if not refit_prune(planner, planner.plan(make(value))):
+                    break
+                value = solve()
             solved = Solved(knob, value, metric, goal, fraction(make(value)), cached=table.cached)
         except OutOfReach as out:  # refused on the table, as first timed or as fitted
             value, measured = _solve_timed(planner, table, make, solve, knob, goal, out.best,
                                            low if increasing else high, log)
-            if measured is None:  # the table, fitted to a plan far from the one it now solves, fitted again
-                try:              # (one fit at the most compressing plan put percent 0.56 at 0.8, measured 0.91)
-                    value = refitted(value)
-                except OutOfReach:
-                    pass          # refused again: the plan the first fits solved
             solved = Solved(knob, value, metric, goal, fraction(make(value)) if measured is None else measured,
                             timed=measured is not None, cached=table.cached if measured is None else None)
         table.solves[key] = {"value": value, "achieved": solved.achieved, "timed": solved.timed}

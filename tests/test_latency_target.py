@@ -269,18 +269,6 @@ def test_a_target_the_table_refuses_is_retried_on_its_fastest_plan_timed_whole(d
     assert table.weight == dict.fromkeys(table.formats, 1.0) and abs(solved.achieved - 0.08) < 0.01  # refused: all formats
 
 
-def test_the_plan_solved_after_a_timed_fit_is_fitted_too(demo, clock, monkeypatch):
-    """A target the table refuses is timed whole at its fastest and most compressing plans, after which
-    the table solves a plan far from both: that plan is pruned and fitted as well (REFITS at most),
-    as after a first solve; a refusal on the refitted table keeps the plan solved before it."""
-    fitted = []
-    monkeypatch.setattr(budget, "_solve_timed", lambda *args: (0.5, None))
-    monkeypatch.setattr(layer_times, "refit_prune", lambda planner, plan, noisy_too=False: fitted.append(plan) or True)
-    planner = Planner(demo.model, demo.arch, INPUT)
-    settings, solved = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.01))
-    assert [plan.settings.percent for plan in fitted] == [0.5] and settings.percent == 0.5 and not solved.timed
-
-
 def pruned_whole_at(fraction: float):
     """compare_latency's stand-in (the Clock) that times any pruned model whole at `fraction` of the
     original's time."""
