@@ -530,8 +530,8 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     interleaved with the original in each memory format, at the planner's `timing` (its fraction of
     the original's time: the rounds' ratios, `core.measure.ratio`). A format the fit uses (one
     `predicting`, or the one the plan ran fastest in) where their spread is too wide to trust
-    (`Ratio.noisy`) is timed again with RETIME_REPEATS rounds; still too wide, it is not fitted
-    unless `noisy_too`."""
+    (`Ratio.noisy`) is timed again with RETIME_REPEATS rounds; still too wide, it is not fitted.
+    `noisy_too` fits every format on its first timing."""
     from core.prune.surgery import apply_pruning
 
     table = table_for(planner, planner.model, planner.input_shape)
@@ -544,7 +544,8 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
         return ratio(measured["pruned"][0], measured["original"][0])
     ratios = {last: timed(last, REPEATS) for last in table.formats}
     used = set(table.predicting()) | {min(ratios, key=lambda last: ratios[last].median * table.model_ms(last))}
-    ratios = {last: timed(last, RETIME_REPEATS) if r.noisy and last in used else r for last, r in ratios.items()}
+    ratios = {last: timed(last, RETIME_REPEATS) if r.noisy and last in used and not noisy_too else r
+              for last, r in ratios.items()}
     fractions = {last: r.median for last, r in ratios.items()}
     trusted = {last: f for last, f in fractions.items() if noisy_too or not ratios[last].noisy}
     if trusted:

@@ -216,7 +216,8 @@ def test_a_noisy_whole_model_timing_is_taken_again_and_only_trusted_formats_are_
     """Channels-last is too noisy in its first timing and clean with RETIME_REPEATS rounds; contiguous
     stays noisy: each format the fit uses is timed again once, channels-last is fitted, contiguous
     keeps its share. Predicting in contiguous alone (the clock's formats tie), channels-last, where
-    the plan did not run fastest, is not timed again."""
+    the plan did not run fastest, is not timed again; nor is anything when noise is accepted
+    (`noisy_too`, the timed path of a refused target), which fits on the first timings."""
     asked = []
 
     def flaky(models, input_shape, batch_sizes=(1,), device="cpu", repeats=15, channels_last=None, **kw):
@@ -239,6 +240,9 @@ def test_a_noisy_whole_model_timing_is_taken_again_and_only_trusted_formats_are_
         retimed = [(False, layer_times.RETIME_REPEATS)] + [(True, layer_times.RETIME_REPEATS)] * everywhere
         assert asked == [(False, layer_times.REPEATS), (True, layer_times.REPEATS), *retimed]
         assert set(table.weight) == ({True} if everywhere else set())
+    asked.clear()
+    layer_times.calibrate_prune(planner, planner.plan(PruneSection(strategy="P4", percent=0.5)), noisy_too=True)
+    assert asked == [(False, layer_times.REPEATS), (True, layer_times.REPEATS)] and set(table.weight) == {False}
 
 
 def test_a_whole_model_timing_too_noisy_to_trust_fits_nothing(demo, monkeypatch):
