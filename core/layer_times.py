@@ -24,11 +24,10 @@ import torch
 from torch import nn
 
 from core import timing_cache
-from core.measure import Latency, Ratio, compare_latency, ratio
+from core.measure import Latency, compare_latency, ratio
 from core.prune.settings import PruneSection
 
 REPEATS = 7        # interleaved rounds per layer
-RETIME_REPEATS = 15  # rounds of a whole-model timing taken again when the first was too noisy to fit the table
 TABLE_REPEATS = 3  # rounds per point of the latency table (a budget's first solve times dozens)
 BLOCK_S = 0.005    # each timed block runs at least this long
 MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
@@ -472,11 +471,10 @@ class LatencyTable:
         (timed interleaved with the original): the format it ran fastest in joins `predicting`, and
         in each of those `w` is fitted so that the model, its layers taking `changed(last)`, is
         predicted at that fraction; clipped to [0, 1]. A format where the table says the plan saves
-        no layer time, or absent from `fractions`, keeps its share."""
+        no layer time keeps its share."""
         self._predicting.add(min(fractions, key=lambda last: fractions[last] * self.model_ms(last)))
         for last in self.predicting():
-            if (fraction := fractions.get(last)) is None:
-                continue
+            fraction = fractions[last]
             full, layers = self._layers(changed(last), last)
             if 0 < full and layers < full:
                 self.weight[last] = min(max((1 - fraction) / (1 - layers / full), 0.0), 1.0)
@@ -528,28 +526,20 @@ def time_prune_plan(planner, plan) -> None:
 def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     """Fit the planner's latency table (`LatencyTable.calibrate`) to `plan` pruned and timed whole,
     interleaved with the original in each memory format, at the planner's `timing` (its fraction of
-    the original's time: the rounds' ratios, `core.measure.ratio`). A format the fit uses (one
-    `predicting`, or the one the plan ran fastest in) where their spread is too wide to trust
-    (`Ratio.noisy`) is timed again with RETIME_REPEATS rounds; still too wide, it is not fitted.
-    `noisy_too` fits every format on its first timing."""
+    the original's time: the rounds' ratios, `core.measure.ratio`), unless their spread is too wide
+    to trust (`Ratio.noisy`) and not `noisy_too`: then the table stays as it was."""
     from core.prune.surgery import apply_pruning
 
     table = table_for(planner, planner.model, planner.input_shape)
     pruned, _ = apply_pruning(planner.model, planner.arch, plan.keep(), planner.input_shape)
     device, batch = planner.timing
-
-    def timed(last: bool, repeats: int) -> Ratio:
-        measured = compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
-                                   device, repeats=repeats, block_s=WHOLE_BLOCK_S, channels_last=last)
-        return ratio(measured["pruned"][0], measured["original"][0])
-    ratios = {last: timed(last, REPEATS) for last in table.formats}
-    used = set(table.predicting()) | {min(ratios, key=lambda last: ratios[last].median * table.model_ms(last))}
-    ratios = {last: timed(last, RETIME_REPEATS) if r.noisy and last in used and not noisy_too else r
-              for last, r in ratios.items()}
+    measured = {last: compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
+                                      device, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
+                for last in table.formats}
+    ratios = {last: ratio(m["pruned"][0], m["original"][0]) for last, m in measured.items()}
     fractions = {last: r.median for last, r in ratios.items()}
-    trusted = {last: f for last, f in fractions.items() if noisy_too or not ratios[last].noisy}
-    if trusted:
-        table.calibrate(_after(planner, plan), trusted)
+    if noisy_too or not any(r.noisy for r in ratios.values()):
+        table.calibrate(_after(planner, plan), fractions)
     table.anchor = (plan.settings, fractions)
     table.save()
 

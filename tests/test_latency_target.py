@@ -212,39 +212,6 @@ def test_the_fit_takes_the_pruned_models_fraction_round_by_round(demo, monkeypat
     assert table.anchor[1] == {last: pytest.approx(0.6) for last in table.formats} and table.weight
 
 
-def test_a_noisy_whole_model_timing_is_taken_again_and_only_trusted_formats_are_fitted(demo, monkeypatch):
-    """Channels-last is too noisy in its first timing and clean with RETIME_REPEATS rounds; contiguous
-    stays noisy: each format the fit uses is timed again once, channels-last is fitted, contiguous
-    keeps its share. Predicting in contiguous alone (the clock's formats tie), channels-last, where
-    the plan did not run fastest, is not timed again; nor is anything when noise is accepted
-    (`noisy_too`, the timed path of a refused target), which fits on the first timings."""
-    asked = []
-
-    def flaky(models, input_shape, batch_sizes=(1,), device="cpu", repeats=15, channels_last=None, **kw):
-        out = Clock()(models, input_shape, batch_sizes, device)
-        if "pruned" in models:
-            asked.append((channels_last, repeats))
-            if not (channels_last and repeats == layer_times.RETIME_REPEATS):
-                o, p = out["original"][0].median_ms, out["pruned"][0].median_ms
-                out["original"] = [Latency(o, o, 2, 1, str(device), rounds_ms=(o, o))]
-                out["pruned"] = [Latency(p, p, 2, 1, str(device), rounds_ms=(p, 2 * p))]   # ratios f and 2f
-        return out
-    monkeypatch.setattr(layer_times, "compare_latency", flaky)
-    for everywhere in (True, False):
-        asked.clear()
-        planner = Planner(demo.model, demo.arch, INPUT)
-        table = layer_times.table_for(planner, planner.model, planner.input_shape)
-        if everywhere:
-            table.predict_everywhere()
-        layer_times.calibrate_prune(planner, planner.plan(PruneSection(strategy="P4", percent=0.5)))
-        retimed = [(False, layer_times.RETIME_REPEATS)] + [(True, layer_times.RETIME_REPEATS)] * everywhere
-        assert asked == [(False, layer_times.REPEATS), (True, layer_times.REPEATS), *retimed]
-        assert set(table.weight) == ({True} if everywhere else set())
-    asked.clear()
-    layer_times.calibrate_prune(planner, planner.plan(PruneSection(strategy="P4", percent=0.5)), noisy_too=True)
-    assert asked == [(False, layer_times.REPEATS), (True, layer_times.REPEATS)] and set(table.weight) == {False}
-
-
 def test_a_whole_model_timing_too_noisy_to_trust_fits_nothing(demo, monkeypatch):
     """A pruned model timed whole with a spread above MAX_SPREAD leaves the table as it was."""
     def noisy(models, input_shape, batch_sizes=(1,), device="cpu", **kw):
