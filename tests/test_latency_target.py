@@ -279,7 +279,7 @@ def test_a_plan_measured_within_the_target_is_taken_where_the_fitted_table_canno
     planner = Planner(demo.model, demo.arch, INPUT)
     settings, solved = solve_prune(planner, PruneSection(strategy="P4"), TargetSection(latency=0.07))
     assert solved.timed and solved.achieved == pytest.approx(0.06) and settings.percent == solved.value > 0.99
-    assert target_field.solved_text(solved, ("cpu", 1)).endswith("→ 0.060 (cpu, batch 1, timed whole)")
+    assert target_field.solved_text(solved, ("cpu", 1)).endswith("→ 0.060 (cpu b1, timed)")
     report = {"steps": [], "target": solved.as_dict()}
     assert "achieved 0.0600 (the plan pruned and timed whole)" in markdown_report(report)
 

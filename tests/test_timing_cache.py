@@ -146,7 +146,7 @@ def test_a_replay_after_another_solves_on_the_cached_times_and_says_so(tmp_path,
     assert "on cached times measured since" in (tmp_path / "second" / "report.md").read_text()
     assert "on cached times" not in (tmp_path / "first" / "report.md").read_text()
     solved = Solved(**{k: v for k, v in reports[1].items() if k != "measured"})
-    assert target_field.solved_text(solved, ("cpu", 1)).endswith("(cpu, batch 1, cached times)")
+    assert target_field.solved_text(solved, ("cpu", 1)).endswith("(cpu b1, cached)")
 
 
 def test_a_target_solved_before_is_the_same_plan_in_the_next_session(demo, cache, monkeypatch):

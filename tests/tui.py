@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from textual.widgets import Static
+from textual.widgets import DataTable, Static
 
 
 async def settle(pilot, rounds: int = 4) -> None:
@@ -18,10 +18,14 @@ async def settle(pilot, rounds: int = 4) -> None:
 async def opened(pilot, timeout: float = 300) -> None:
     """Wait until the workbench has opened its target (or failed to) and the UI caught up. The
     load worker starts after the first refresh, so waiting for workers alone can return before
-    it has started."""
+    it has started. Then until every table has measured its new rows (DataTable sizes its columns
+    when idle: a snapshot taken before, on a busy machine, had the layer names cut to the header's
+    width)."""
     app = pilot.app
     await wait_for(pilot, lambda: app.state.base is not None or app.error is not None, timeout)
     await settle(pilot)
+    await wait_for(pilot, lambda: not any(table._require_update_dimensions or table._updated_cells
+                                          for table in app.screen.query(DataTable)), timeout)
 
 
 async def wait_for(pilot, condition, timeout: float) -> bool:

@@ -54,13 +54,13 @@ def solving_text(budget: TargetSection | None, timing: tuple[str, int]) -> str:
 
 
 def solved_text(solved: Solved | None, timing: tuple[str, int]) -> str:
-    """`coef = 1.23 → 0.498`: the solved knob and the fraction of the baseline it reaches (latency:
-    predicted at the device and batch size, on times from core.timing_cache or measured afresh, or
-    measured there with the plan timed whole)."""
+    """`coef = 1.23 → 0.498`: the solved knob and the fraction of the baseline it reaches. Latency:
+    `percent = 0.9315 → 0.797 (cpu b1)`, predicted at the device and batch size (`, cached`: on
+    times from core.timing_cache), or measured there with the plan timed whole (`, timed`)."""
     if solved is None:
         return ""
-    how = ", timed whole" if solved.timed else ", cached times" if solved.cached else ""
-    where = f" ({timing[0]}, batch {timing[1]}{how})" if solved.metric == "latency" else ""
+    how = ", timed" if solved.timed else ", cached" if solved.cached else ""
+    where = f" ({timing[0]} b{timing[1]}{how})" if solved.metric == "latency" else ""  # fits 80 columns
     return f"{solved.knob} = [b]{solved.value:.4g}[/] → {solved.achieved:.3f}{where}"
 
 

@@ -203,8 +203,10 @@ class PlanScreen(WorkbenchScreen):
         self.query_one("#target-solved", Static).update(note)
 
     def out_of_date(self, message: str) -> None:
-        """The fields (or the plan) are in error: say why, dim the table, refuse to apply it."""
+        """The fields (or the plan) are in error: say why, dim the table, refuse to apply it; the target
+        line, which may say it is solving, is cleared."""
         self.error, self.apply_when_planned = message, False
+        self.query_one("#target-solved", Static).update("")
         self.query_one(self.TOTALS, Static).update(
             f"[red]{escape(message)}[/]\n[dim]the table below is out of date: fix the settings to re-plan[/]")
         self.query_one(self.TABLE, DataTable).add_class("-stale")
