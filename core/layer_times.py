@@ -132,8 +132,8 @@ def skip_slower(decomposer, layers: list) -> None:
     the machine's noise (ResNet-56 at batch 1 on a 2-core CPU: 0.97-1.53x apart; 12 of its convs
     paid off alone in contiguous format, none in channels-last, and a run that decomposed 21 made
     the model 0.74x as fast). Then the model with the layers left decomposed is timed whole against
-    the original (`whole_times`): unless it is faster beyond the timings' spreads (`faster_whole`),
-    every layer is left whole, as layers faster alone need not make the model faster (a ResNet-56
+    the original (`whole_times`): unless it is faster beyond the noise (`faster_whole`), every layer
+    is left whole, as layers faster alone need not make the model faster (a ResNet-56
     at batch 64 with three such layers decomposed ran 0.97x as fast)."""
     device, batch = decomposer.timing
     time_decomposed(decomposer, layers)
@@ -305,6 +305,7 @@ class LatencyTable:
         self.cached: str | None = None     # when the times read from the disk cache were first measured
         self.solves: dict[str, dict] = {}  # core.budget's latency solves: key -> value, achieved, timed
         self._weights: str | None = None  # the model's weights' key (timing_cache.weights_key), once asked
+        self._saved: tuple | None = None  # the state last written by `save` or read by `_load`
         self._load()
 
     def _load(self) -> None:
@@ -355,7 +356,7 @@ class LatencyTable:
     def save(self) -> None:
         """Keep what was measured and fitted (core.timing_cache), if anything changed since."""
         state = self._state()
-        if state != getattr(self, "_saved", None):
+        if state != self._saved:
             timing_cache.save(self._context, state[0], self._key, state[1])
             self._saved = state
 

@@ -95,12 +95,12 @@ def load(ctx: dict) -> dict:
         return fresh
     try:
         doc = json.loads(path.read_text())
-        created = datetime.datetime.fromisoformat(doc["created"])
+        age = _now() - datetime.datetime.fromisoformat(doc["created"])  # TypeError without a time zone
         if doc["context"] != ctx or not isinstance(doc["points"], dict) or not isinstance(doc["models"], dict):
             return fresh
     except (OSError, ValueError, KeyError, TypeError):
         return fresh
-    return doc if _now() - created <= datetime.timedelta(days=MAX_AGE_DAYS) else fresh
+    return doc if age <= datetime.timedelta(days=MAX_AGE_DAYS) else fresh
 
 
 def save(ctx: dict, points: dict[str, dict[str, float]], key: str, entry: dict) -> None:

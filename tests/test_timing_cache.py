@@ -84,7 +84,7 @@ def test_layer_points_serve_another_model_but_its_own_time_is_measured(demo, cac
     assert clock.calls > calls
 
 
-@pytest.mark.parametrize("change", ["batch", "threads", "off", "old", "broken"])
+@pytest.mark.parametrize("change", ["batch", "threads", "off", "old", "undated", "broken"])
 def test_times_from_another_context_or_a_bad_file_are_measured_afresh(demo, cache, clock, monkeypatch, change):
     p4_solve(demo)
     calls = clock.calls
@@ -98,9 +98,9 @@ def test_times_from_another_context_or_a_bad_file_are_measured_afresh(demo, cach
     else:
         (path,) = cache.glob("latency-*.json")
         doc = json.loads(path.read_text())
-        if change == "old":
+        if change in ("old", "undated"):
             created = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=timing_cache.MAX_AGE_DAYS + 1)
-            doc["created"] = created.isoformat()
+            doc["created"] = created.isoformat() if change == "old" else "2026-12-01T10:00:00"  # no time zone
             path.write_text(json.dumps(doc))
         else:
             path.write_text(json.dumps({**doc, "points": {"0": {"not a point": 1.0}}}))
