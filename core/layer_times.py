@@ -34,6 +34,7 @@ MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least 
 FORMAT_NEAR = 1.25  # skip_slower: that gain also in a memory format where the whole model is within this factor of its fastest
 TABLE_BLOCK_S = 0.002  # a table point's blocks
 WHOLE_BLOCK_S = 0.01   # the blocks of whole models timed for the table (model times, calibration)
+WHOLE_WARMUP = 1       # their untimed calls first: each round warms its block with one more
 REFIT_NEAR = 0.05     # a latency budget refits the table unless its plan is this near the last fitted one
 
 
@@ -364,7 +365,7 @@ class LatencyTable:
         """The whole model's forward time (ms) in each format, measured once."""
         if self._model is None:
             self._model = {last: compare_latency({"m": self.model}, self.input_shape, (self.batch,), self.device,
-                                                 repeats=REPEATS, block_s=WHOLE_BLOCK_S,
+                                                 warmup=WHOLE_WARMUP, repeats=REPEATS, block_s=WHOLE_BLOCK_S,
                                                  channels_last=last)["m"][0].median_ms
                            for last in self.formats}
             self.save()
@@ -535,7 +536,7 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     pruned, _ = apply_pruning(planner.model, planner.arch, plan.keep(), planner.input_shape)
     device, batch = planner.timing
     measured = {last: compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
-                                      device, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
+                                      device, warmup=WHOLE_WARMUP, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
                 for last in table.formats}
     ratios = {last: ratio(m["pruned"][0], m["original"][0]) for last, m in measured.items()}
     fractions = {last: r.median for last, r in ratios.items()}
