@@ -33,7 +33,7 @@ BLOCK_S = 0.005    # each timed block runs at least this long
 MIN_GAIN = 0.1     # skip_slower keeps a decomposed form only if it is at least this much faster alone
 FORMAT_NEAR = 1.25  # skip_slower: that gain also in a memory format where the whole model is within this factor of its fastest
 TABLE_BLOCK_S = 0.002  # a table point's blocks
-WHOLE_BLOCK_S = 0.01   # the blocks of whole models timed for the table (model times, calibration)
+WHOLE_BLOCK_S = 0.01   # the blocks of whole models timed (the table's model times and fits, skip_slower's check)
 WHOLE_WARMUP = 1       # their untimed calls first: each round warms its block with one more
 REFIT_NEAR = 0.05     # a latency budget refits the table unless its plan is this near the last fitted one
 
@@ -193,7 +193,7 @@ def whole_times(decomposer, layers: list) -> tuple[Latency, Latency]:
             decomposed.set_submodule(layer.name, stand_in(module, layer.method, layer.ranks)
                                      .to(next(module.parameters()).device))
         measured = compare_latency({"whole": model, "decomposed": decomposed}, decomposer.input_shape, (batch,),
-                                   device, repeats=REPEATS, block_s=WHOLE_BLOCK_S)
+                                   device, warmup=WHOLE_WARMUP, repeats=REPEATS, block_s=WHOLE_BLOCK_S)
         cache[key] = (measured["whole"][0], measured["decomposed"][0])
     return cache[key]
 
@@ -536,7 +536,8 @@ def calibrate_prune(planner, plan, noisy_too: bool = False) -> None:
     pruned, _ = apply_pruning(planner.model, planner.arch, plan.keep(), planner.input_shape)
     device, batch = planner.timing
     measured = {last: compare_latency({"original": planner.model, "pruned": pruned}, planner.input_shape, (batch,),
-                                      device, warmup=WHOLE_WARMUP, repeats=REPEATS, block_s=WHOLE_BLOCK_S, channels_last=last)
+                                      device, warmup=WHOLE_WARMUP, repeats=REPEATS, block_s=WHOLE_BLOCK_S,
+                                      channels_last=last)
                 for last in table.formats}
     ratios = {last: ratio(m["pruned"][0], m["original"][0]) for last, m in measured.items()}
     fractions = {last: r.median for last, r in ratios.items()}
@@ -553,7 +554,7 @@ def measured_fraction(table: LatencyTable) -> float:
     return min(f * table.model_ms(last) for last, f in fractions.items()) / table.model_ms()
 
 
-def refit_prune(planner, plan, noisy_too: bool = False) -> bool:
+def refit_prune(planner, plan) -> bool:
     """Calibrate the planner's table on `plan` (`calibrate_prune`) unless it was last fitted to a plan
     of the same strategy and filter metric predicted within REFIT_NEAR of the model's time of this
     one (another strategy prunes other layers, whose share of the rest of the model differs);
@@ -563,7 +564,7 @@ def refit_prune(planner, plan, noisy_too: bool = False) -> bool:
             abs(prune_latency(planner, plan) - prune_latency(planner, planner.plan(table.anchor[0]))) \
             <= REFIT_NEAR * table.model_ms():
         return False
-    calibrate_prune(planner, plan, noisy_too)
+    calibrate_prune(planner, plan)
     return True
 
 
